@@ -1,0 +1,38 @@
+# `make run` serves the site; `make test` runs every test. Both set up .venv first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+ARGS ?=
+
+.PHONY: all run dev test lint fmt bench clean
+
+all: test lint
+
+$(BIN)/.installed: requirements.txt requirements-dev.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+run: $(BIN)/.installed
+	PORT=$(PORT) $(BIN)/gunicorn -c gunicorn.conf.py "app:create_app()"
+
+dev: $(BIN)/.installed
+	$(BIN)/flask --app app run --debug --port $(PORT)
+
+test: $(BIN)/.installed
+	$(BIN)/pytest $(ARGS)
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: $(BIN)/.installed
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(BIN)/.installed
+	$(BIN)/python bench/run.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,232 @@
+"""The clinic's lead site: the app factory and the public pages."""
+
+import hashlib
+import logging
+import sqlite3
+import time
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from flask import (
+    Blueprint,
+    Flask,
+    abort,
+    current_app,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException
+
+import article
+import config
+import db
+import notify
+from extensions import csrf, limiter, mail
+from forms import LeadForm, new_form_token, read_form_token
+
+log = logging.getLogger("clinic")
+bp = Blueprint("public", __name__)
+
+
+def create_app(overrides: dict | None = None) -> Flask:
+    """Build the site: settings, database, extensions, pages, error pages, email sender."""
+    app = Flask(__name__)
+    settings = config.from_env()
+    settings.update(overrides or {})
+    app.config.update(config.finish(settings))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    db.init_app(app)
+    csrf.init_app(app)
+    mail.init_app(app)
+    limiter.init_app(app)
+    app.register_blueprint(bp)
+    register_templates(app)
+    register_error_pages(app)
+    notify.init_app(app)
+    app.extensions["outbox_stop"] = notify.start_worker(app)
+    return app
+
+
+def register_templates(app: Flask) -> None:
+    """Give every template the clinic, the article, hashed static URLs and local times."""
+    cfg = app.config
+    zone = ZoneInfo(cfg["CLINIC_TIMEZONE"])
+    text = article.load()
+    app.jinja_env.add_extension("jinja2.ext.do")
+    app.jinja_env.trim_blocks = app.jinja_env.lstrip_blocks = True
+    app.jinja_env.globals.update(
+        clinic={
+            "name": cfg["CLINIC_NAME"],
+            "phone": cfg["CLINIC_PHONE"],
+            "phone_display": cfg["CLINIC_PHONE_DISPLAY"],
+            "town": cfg["CLINIC_TOWN"],
+            "address": cfg["CLINIC_ADDRESS"],
+            "reply_promise": cfg["CLINIC_REPLY_PROMISE"],
+            "retention_days": cfg["LEAD_RETENTION_DAYS"],
+            "site_url": cfg["SITE_URL"],
+        },
+        article_title=text["title"],
+        article_html=article.to_html(text, cfg["CLINIC_PHONE"], cfg["CLINIC_PHONE_DISPLAY"]),
+        static_url=static_url,
+    )
+    app.jinja_env.filters["clinic_time"] = lambda iso: format_local(iso, zone)
+
+
+def static_url(filename: str) -> str:
+    """URL of a static file with a content hash, so it can be cached for a year."""
+    hashes = current_app.extensions.setdefault("static_hashes", {})
+    if filename not in hashes:
+        path = f"{current_app.static_folder}/{filename}"
+        with open(path, "rb") as f:
+            hashes[filename] = hashlib.sha256(f.read()).hexdigest()[:12]
+    return url_for("static", filename=filename, v=hashes[filename])
+
+
+def format_local(iso: str | None, zone: ZoneInfo) -> str:
+    """Show a stored UTC time in the clinic's time zone, e.g. 'Tue 24 Nov 2026, 9:05 AM PST'."""
+    if not iso:
+        return ""
+    moment = datetime.fromisoformat(iso).astimezone(zone)
+    return moment.strftime("%a %-d %b %Y, %-I:%M %p %Z")
+
+
+ERRORS = {
+    400: ("Something went wrong with that request", "Please go back, reload the page and try again."),
+    403: ("That page is not open to you", "If you think it should be, please call us."),
+    404: ("We could not find that page", "It may have moved. The article and the booking form are on our home page."),
+    405: ("That did not work", "Please use the form on our home page."),
+    413: ("That was too much to send", "Please shorten your message and try again, or simply call us."),
+    429: ("Too many tries in a short time", "Please wait a minute and try again, or call us: we are happy to help."),
+    500: ("Sorry, something went wrong on our side", "Your details may not have reached us. Please call us instead."),
+    503: (
+        "We cannot take requests online right now",
+        "Your details were not saved. Please call us and we will book you in.",
+    ),
+}
+
+
+def render_error(code: int):
+    """Render the site's own error page for `code`."""
+    title, advice = ERRORS.get(code, ERRORS[500] if code >= 500 else ERRORS[400])
+    return render_template("errors/error.html", code=code, title=title, advice=advice), code
+
+
+def register_error_pages(app: Flask) -> None:
+    """Every error a visitor can meet gets a page in the site's look with the phone number."""
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        return render_error(error.code or 500)
+
+    @app.errorhandler(CSRFError)
+    def csrf_error(_error: CSRFError):
+        return render_error(400)
+
+    @app.errorhandler(Exception)
+    def unexpected_error(error: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path, exc_info=error)
+        return render_error(500)
+
+
+def lead_form_from_visit() -> LeadForm:
+    """A fresh form carrying where the visitor came from and when they saw it."""
+    form = LeadForm(formdata=None)
+    form.utm_source.data = request.args.get("utm_source", "")[:200]
+    form.utm_medium.data = request.args.get("utm_medium", "")[:200]
+    form.utm_campaign.data = request.args.get("utm_campaign", "")[:200]
+    form.referrer.data = (request.referrer or "")[:500]
+    form.form_token.data = new_form_token()
+    return form
+
+
+@bp.get("/")
+def landing():
+    """The article with the appointment form at its end."""
+    return render_template("landing.html", form=lead_form_from_visit())
+
+
+@bp.get("/contact")
+def contact_page():
+    """The form lives on the landing page."""
+    return redirect(url_for(".landing", _anchor="book"))
+
+
+def spam_reasons(form: LeadForm, shown_at: float | None) -> list[str]:
+    """Why this submission looks like a bot's: honeypot filled, bad token, sent too fast."""
+    reasons = []
+    if form.website.data:
+        reasons.append("honeypot filled")
+    if shown_at is None:
+        reasons.append("form token missing or forged")
+    elif time.time() - shown_at < current_app.config["SPAM_MIN_SECONDS"]:
+        reasons.append(f"sent {time.time() - shown_at:.1f} s after the form was shown")
+    return reasons
+
+
+@bp.post("/contact")
+@limiter.limit(lambda: current_app.config["CONTACT_RATE_LIMIT"])
+@csrf.exempt  # LeadForm checks the token itself, so a stale one re-renders the form
+def contact():
+    """Store a request and queue the clinic's email, then send the visitor to /thanks."""
+    form = LeadForm()
+    token = read_form_token(form.form_token.data)
+    if not form.validate():
+        if token is None:
+            form.form_token.data = new_form_token()
+        status = 400 if form.csrf_failed else 422
+        return render_template("landing.html", form=form, stale=form.csrf_failed), status
+    reasons = spam_reasons(form, token[1] if token else None)
+    lead = {
+        "form_id": token[0] if token else new_form_token(),
+        "name": form.name.data,
+        "email": form.email.data,
+        "phone": form.phone.data,
+        "preferred_time": form.preferred_time.data,
+        "message": form.message.data,
+        "is_spam": int(bool(reasons)),
+        "spam_reason": "; ".join(reasons) or None,
+        "utm_source": form.utm_source.data,
+        "utm_medium": form.utm_medium.data,
+        "utm_campaign": form.utm_campaign.data,
+        "referrer": form.referrer.data,
+        "user_agent": request.user_agent.string[:300],
+    }
+    now = db.utcnow()
+    database = db.get_db()
+    try:
+        with db.write(database):
+            lead_id, is_new = db.add_lead(database, lead, now)
+            if is_new and not reasons:
+                email = notify.lead_email({**lead, "id": lead_id, "created_at": now}, current_app.config)
+                db.enqueue_email(database, email, now)
+    except sqlite3.Error:
+        log.exception("could not store a lead")
+        abort(503)
+    if is_new:
+        log.info("lead %s stored%s", lead_id, " as spam: " + lead["spam_reason"] if reasons else "")
+        notify.wake.set()
+    session["thanks_name"] = form.name.data
+    return redirect(url_for(".thanks"), 303)
+
+
+@bp.get("/thanks")
+def thanks():
+    """Thank the visitor by name and say what happens next."""
+    return render_template("thanks.html", name=session.get("thanks_name"))
+
+
+@bp.get("/privacy")
+def privacy():
+    """What the form collects, why, who sees it, how long it is kept, how to have it deleted."""
+    return render_template("privacy.html")
+
+
+@bp.get("/healthz")
+def health():
+    """Answer 200 when the database can be read."""
+    next(db.get_db().query("SELECT 1 AS ok"))
+    return {"status": "ok"}

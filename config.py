@@ -1,0 +1,120 @@
+"""Settings: embedded defaults, overridden by the environment; the only reader of os.environ."""
+
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+ROOT = Path(__file__).resolve().parent
+
+# name: (default, type); every row here has a row in the README's table.
+SETTINGS: dict[str, tuple[object, type]] = {
+    "SECRET_KEY": (None, str),
+    "DATA_DIR": (str(ROOT / "data"), str),
+    "DATABASE": (None, str),
+    "SITE_URL": ("http://127.0.0.1:8000", str),
+    "CLINIC_NAME": ("Acupuncture Halls", str),
+    "CLINIC_PHONE": ("+19495106333", str),
+    "CLINIC_PHONE_DISPLAY": ("949-510-6333", str),
+    "CLINIC_TOWN": ("San Juan Capistrano, CA", str),
+    "CLINIC_ADDRESS": ("San Juan Capistrano, CA", str),
+    "CLINIC_TIMEZONE": ("America/Los_Angeles", str),
+    "CLINIC_EMAIL": ("frontdesk@acupuncturehalls.example", str),
+    "CLINIC_REPLY_PROMISE": ("within one working day", str),
+    "LEAD_RETENTION_DAYS": (365, int),
+    "NOTIFY_DETAILS": (True, bool),
+    "SPAM_MIN_SECONDS": (3.0, float),
+    "CONTACT_RATE_LIMIT": ("5 per minute;30 per hour", str),
+    "RATELIMIT_STORAGE_URI": ("memory://", str),
+    "MAX_CONTENT_LENGTH": (64 * 1024, int),
+    "MAIL_SERVER": (None, str),
+    "MAIL_PORT": (25, int),
+    "MAIL_USE_TLS": (False, bool),
+    "MAIL_USE_SSL": (False, bool),
+    "MAIL_USERNAME": (None, str),
+    "MAIL_PASSWORD": (None, str),
+    "MAIL_DEFAULT_SENDER": ("Clinic website <no-reply@acupuncturehalls.example>", str),
+    "MAIL_TIMEOUT": (10.0, float),
+    "OUTBOX_WORKER": (True, bool),
+    "OUTBOX_POLL_SECONDS": (5.0, float),
+    "OUTBOX_STALE_SECONDS": (120.0, float),
+    "TRUSTED_PROXIES": (0, int),
+    "HTTPS": (False, bool),
+}
+
+TRUE = {"1", "true", "yes", "on"}
+FALSE = {"0", "false", "no", "off", ""}
+
+
+class ConfigError(SystemExit):
+    """A setting in the environment cannot be used; stops start-up with its message."""
+
+
+def parse(name: str, raw: str, kind: type) -> object:
+    """Turn one environment string into the setting's type, or raise ConfigError."""
+    if kind is bool:
+        if raw.strip().lower() in TRUE:
+            return True
+        if raw.strip().lower() in FALSE:
+            return False
+        raise ConfigError(f"{name}={raw!r}: expected one of 1/true/yes or 0/false/no")
+    if kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r}: expected a number") from None
+    return raw
+
+
+def from_env(environ: Mapping[str, str] = os.environ) -> dict:
+    """Return the settings, defaults overridden by whatever `environ` holds."""
+    config = {}
+    for name, (default, kind) in SETTINGS.items():
+        raw = environ.get(name)
+        config[name] = default if raw is None or raw == "" else parse(name, raw, kind)
+    try:
+        ZoneInfo(config["CLINIC_TIMEZONE"])
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"CLINIC_TIMEZONE={config['CLINIC_TIMEZONE']!r}: unknown time zone") from None
+    return config
+
+
+def finish(config: dict) -> dict:
+    """Fill the settings derived from others: database path, secret key, cookies, mail."""
+    data_dir = Path(config["DATA_DIR"])
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config["DATABASE"] = config["DATABASE"] or str(data_dir / "leads.db")
+    if not config["SECRET_KEY"]:
+        config["SECRET_KEY"] = stored_secret(data_dir / "secret_key")
+    config["SITE_URL"] = config["SITE_URL"].rstrip("/")
+    config["SESSION_COOKIE_HTTPONLY"] = True
+    config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    config["SESSION_COOKIE_SECURE"] = config["HTTPS"]
+    if config["HTTPS"]:
+        config["SESSION_COOKIE_NAME"] = "__Host-session"
+        config["PREFERRED_URL_SCHEME"] = "https"
+    # An hour-old form must still send; the form view renews a stale token itself.
+    config["WTF_CSRF_TIME_LIMIT"] = None
+    config["MAIL_SUPPRESS_SEND"] = False
+    config["RATELIMIT_HEADERS_ENABLED"] = False
+    return config
+
+
+def stored_secret(path: Path) -> str:
+    """Return the secret kept at `path`, making it once so sessions survive restarts."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    key = secrets.token_hex(32)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(key)
+    tmp.chmod(0o600)
+    try:
+        os.link(tmp, path)  # atomic: two workers starting at once agree on one key
+    except FileExistsError:
+        key = path.read_text().strip()
+    finally:
+        tmp.unlink()
+    return key

@@ -1,0 +1,17 @@
+"""Extension objects, made unbound so any module can import them without cycles."""
+
+from flask import request
+from flask_limiter import Limiter
+from flask_mail import Mail
+from flask_wtf.csrf import CSRFProtect
+
+csrf = CSRFProtect()
+mail = Mail()
+
+
+def client_address() -> str:
+    """The address a rate limit keys on: the peer, as ProxyFix leaves it when trusted."""
+    return request.remote_addr or "unknown"
+
+
+limiter = Limiter(key_func=client_address, default_limits=[])

@@ -1,0 +1,132 @@
+"""The visitor's appointment request form and its one-time token."""
+
+import secrets
+import time
+import unicodedata
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+from flask import current_app
+from flask_wtf import FlaskForm
+from itsdangerous import BadSignature, URLSafeSerializer
+from wtforms import EmailField, HiddenField, SelectField, StringField, TelField, TextAreaField
+from wtforms.fields.choices import SelectChoice
+from wtforms.validators import DataRequired, Length, ValidationError
+
+MESSAGE_MAX = 2000
+TIMES = [
+    SelectChoice("", "Any time"),
+    SelectChoice("morning", "Morning (9–12)"),
+    SelectChoice("afternoon", "Afternoon (12–5)"),
+    SelectChoice("evening", "Early evening (5–7)"),
+]
+
+
+def clean_text(value: str | None) -> str:
+    """Strip surrounding space and drop control characters, keeping line breaks."""
+    if value is None:
+        return ""
+    kept = (ch for ch in value if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf", "Zl", "Zp"))
+    return "".join(kept).replace("\r", "").strip()
+
+
+def clip(limit: int):
+    """A filter that cuts a hidden, machine-filled field to `limit` characters."""
+    return lambda value: clean_text(value)[:limit]
+
+
+def _serializer() -> URLSafeSerializer:
+    return URLSafeSerializer(current_app.secret_key, salt="lead-form")
+
+
+def new_form_token(now: float | None = None) -> str:
+    """Return a signed one-time form id with the time the form was shown."""
+    return _serializer().dumps({"id": secrets.token_urlsafe(12), "t": now or time.time()})
+
+
+def read_form_token(token: str) -> tuple[str, float] | None:
+    """Return (form id, time shown) from a token, or None if it was not made here."""
+    try:
+        data = _serializer().loads(token or "")
+        return str(data["id"]), float(data["t"])
+    except (BadSignature, KeyError, TypeError, ValueError):
+        return None
+
+
+class LeadForm(FlaskForm):
+    """Name, how to reach the visitor, and what they would like."""
+
+    name = StringField(
+        "Your name",
+        filters=[clean_text],
+        validators=[
+            DataRequired("Please tell us your name."),
+            Length(max=100, message="Please keep your name under 100 characters."),
+        ],
+    )
+    phone = TelField(
+        "Phone",
+        filters=[clean_text],
+        validators=[Length(max=40, message="That phone number is too long.")],
+    )
+    email = EmailField(
+        "Email",
+        filters=[clean_text],
+        validators=[Length(max=254, message="That email address is too long.")],
+    )
+    preferred_time = SelectField("Best time to call", choices=TIMES, default="")
+    message = TextAreaField(
+        "How can we help? (optional)",
+        filters=[clean_text],
+        validators=[Length(max=MESSAGE_MAX, message=f"Please keep your message under {MESSAGE_MAX:,} characters.")],
+    )
+    # Hidden from people and autofill; only bots fill it in.
+    website = StringField("Leave this field empty", filters=[clean_text])
+    form_token = HiddenField()
+    utm_source = HiddenField(filters=[clip(200)])
+    utm_medium = HiddenField(filters=[clip(200)])
+    utm_campaign = HiddenField(filters=[clip(200)])
+    referrer = HiddenField(filters=[clip(500)])
+
+    def validate_phone(self, field: StringField) -> None:
+        """Accept a number we can dial and store it as E.164 (+19495106333)."""
+        if not field.data:
+            return
+        try:
+            number = phonenumbers.parse(field.data, "US")
+        except phonenumbers.NumberParseException:
+            number = None
+        if number is None or not phonenumbers.is_valid_number(number):
+            raise ValidationError("Please enter a phone number we can call, like 949-510-6333.")
+        field.data = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+    def validate_email(self, field: StringField) -> None:
+        """Accept an address our mail server can deliver to, in its normal form."""
+        if not field.data:
+            return
+        try:
+            checked = validate_email(field.data, check_deliverability=False, allow_smtputf8=False)
+        except EmailNotValidError:
+            if not field.data.split("@")[0].isascii():
+                raise ValidationError(
+                    "We can only reply to addresses with plain letters (a–z) before the @. "
+                    "Please use another address or give us your phone number."
+                ) from None
+            raise ValidationError("Please enter an email address like name@example.com.") from None
+        field.data = checked.ascii_email or checked.normalized
+
+    def validate(self, extra_validators=None) -> bool:
+        """Check the fields, then that there is at least one way to reach the visitor."""
+        valid = super().validate(extra_validators)
+        if not self.phone.data and not self.email.data and not self.phone.errors and not self.email.errors:
+            self.phone.errors = [
+                *self.phone.errors,
+                "Please give a phone number or an email address so we can reach you.",
+            ]
+            valid = False
+        return valid
+
+    @property
+    def csrf_failed(self) -> bool:
+        """True when the CSRF token was missing or stale: the visitor should just send again."""
+        return bool(self.meta.csrf and self.csrf_token.errors)

@@ -1,0 +1,235 @@
+"""The clinic's notification emails: built at queue time, delivered from the outbox."""
+
+import logging
+import smtplib
+import threading
+import unicodedata
+from datetime import UTC, datetime, timedelta
+from email.utils import make_msgid
+from pathlib import Path
+
+import click
+from flask import Flask, current_app, render_template
+from flask.cli import AppGroup
+from flask_mail import Connection, Message
+
+import db
+
+log = logging.getLogger("clinic.outbox")
+
+BACKOFF_FIRST_SECONDS = 2
+BACKOFF_MAX_SECONDS = 60
+GIVE_UP_AFTER = timedelta(days=3)  # of temporary failures; the owner can still resend
+
+wake = threading.Event()
+
+
+def header_safe(value: str | None) -> str:
+    """Return `value` fit for one header line: no control or line-separator characters."""
+    if not value:
+        return ""
+    kept = "".join(" " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch for ch in value)
+    return " ".join(kept.split())
+
+
+def lead_email(lead: dict, config: dict) -> dict:
+    """Return the outbox row for a new lead's notification, rendered now."""
+    link = f"{config['SITE_URL']}/admin/leads/{lead['id']}"
+    context = {"lead": lead, "link": link, "details": config["NOTIFY_DETAILS"]}
+    if config["NOTIFY_DETAILS"]:
+        subject = f"New appointment request: {lead['name']}"
+        reply_to = lead.get("email") or None
+    else:
+        subject = f"New request #{lead['id']}"
+        reply_to = None
+    return {
+        "lead_id": lead["id"],
+        "kind": "lead",
+        "message_id": make_msgid(domain="clinic-site"),
+        "to_addr": header_safe(config["CLINIC_EMAIL"]),
+        "reply_to": header_safe(reply_to) or None,
+        "subject": header_safe(subject)[:200],
+        "body_text": render_template("email/lead.txt", **context),
+        "body_html": render_template("email/lead.html", **context),
+    }
+
+
+def build_message(row: dict) -> Message:
+    """Turn an outbox row into a flask-mail Message with its stable Message-ID."""
+    msg = Message(
+        subject=header_safe(row["subject"]),
+        recipients=[header_safe(row["to_addr"])],
+        body=row["body_text"],
+        html=row["body_html"] or None,
+        reply_to=header_safe(row["reply_to"]) or None,
+    )
+    msg.msgId = row["message_id"]
+    return msg
+
+
+def open_smtp(state, timeout: float) -> smtplib.SMTP:
+    """Connect as flask-mail would, but with every socket wait capped at `timeout`."""
+    smtp_class = smtplib.SMTP_SSL if state.use_ssl else smtplib.SMTP
+    host = smtp_class(state.server, state.port, timeout=timeout)
+    if state.use_tls:
+        host.starttls()
+    if state.username and state.password:
+        host.login(state.username, state.password)
+    return host
+
+
+def deliver(message: Message, config: dict) -> str:
+    """Send one message, or write it to a file when no mail server is set; say where."""
+    if not config["MAIL_SERVER"]:
+        folder = Path(config["DATA_DIR"]) / "mail"
+        folder.mkdir(exist_ok=True)
+        name = message.msgId.strip("<>").replace("@", "_").replace("/", "_")
+        path = folder / f"{name}.eml"
+        path.write_bytes(message.as_bytes())
+        return f"written to {path}"
+    state = current_app.extensions["mail"]
+    connection = Connection(state)
+    connection.host = open_smtp(state, config["MAIL_TIMEOUT"])
+    try:
+        connection.send(message)
+    finally:
+        try:
+            connection.host.quit()
+        except (smtplib.SMTPException, OSError):
+            connection.host.close()
+    return f"sent to {config['MAIL_SERVER']}:{config['MAIL_PORT']}"
+
+
+def is_permanent(error: Exception) -> bool:
+    """True for a 5xx refusal, which retrying will not cure."""
+    if isinstance(error, smtplib.SMTPRecipientsRefused):
+        return all(code >= 500 for code, _ in error.recipients.values())
+    code = getattr(error, "smtp_code", None)
+    return isinstance(code, int) and code >= 500
+
+
+def describe(error: Exception) -> str:
+    """A short, single-line account of a delivery error."""
+    if isinstance(error, smtplib.SMTPResponseException):
+        text = (
+            error.smtp_error.decode(errors="replace") if isinstance(error.smtp_error, bytes) else str(error.smtp_error)
+        )
+        return header_safe(f"{error.smtp_code} {text}")[:500]
+    if isinstance(error, smtplib.SMTPRecipientsRefused):
+        parts = [f"{addr}: {code} {msg.decode(errors='replace')}" for addr, (code, msg) in error.recipients.items()]
+        return header_safe("refused " + "; ".join(parts))[:500]
+    return header_safe(f"{type(error).__name__}: {error}")[:500] or type(error).__name__
+
+
+def backoff(attempts: int) -> timedelta:
+    """Wait before the next try: 2 s, 4 s, 8 s ... capped at a minute."""
+    return timedelta(seconds=min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * 2 ** max(0, attempts - 1)))
+
+
+def send_one(database, row: dict, config: dict, now: datetime) -> bool:
+    """Try one claimed email and record the outcome; return True if it went out."""
+    stamp = now.isoformat(timespec="seconds")
+    try:
+        where = deliver(build_message(row), config)
+    except Exception as error:  # noqa: BLE001 - any failure must be recorded, never lose the row
+        reason = describe(error)
+        age = now - datetime.fromisoformat(row["created_at"])
+        if is_permanent(error) or age > GIVE_UP_AFTER:
+            db.mark_failed(database, row["id"], stamp, reason)
+            log.error(
+                "email %s for lead %s failed for good (attempt %s): %s",
+                row["id"],
+                row["lead_id"],
+                row["attempts"],
+                reason,
+            )
+        else:
+            retry_at = (now + backoff(row["attempts"])).isoformat(timespec="seconds")
+            db.mark_retry(database, row["id"], stamp, reason, retry_at)
+            log.warning(
+                "email %s for lead %s not sent (attempt %s), retry at %s: %s",
+                row["id"],
+                row["lead_id"],
+                row["attempts"],
+                retry_at,
+                reason,
+            )
+        return False
+    db.mark_sent(database, row["id"], stamp)
+    log.info("email %s for lead %s %s (attempt %s)", row["id"], row["lead_id"], where, row["attempts"])
+    return True
+
+
+def drain(database, config: dict, now: datetime | None = None) -> int:
+    """Send every email that is due; return how many went out."""
+    sent = 0
+    while True:
+        moment = now or datetime.now(UTC)
+        stamp = moment.isoformat(timespec="seconds")
+        # A claim older than this is far beyond any SMTP timeout: its sender died.
+        stale = (moment - timedelta(seconds=config["OUTBOX_STALE_SECONDS"])).isoformat(timespec="seconds")
+        rows = db.claim_due_emails(database, stamp, stale)
+        if not rows:
+            return sent
+        for row in rows:
+            sent += send_one(database, row, config, moment)
+        if now is not None:  # a fixed clock: one pass, or retries would loop forever
+            return sent
+
+
+def seconds_until_due(database, poll: float) -> float:
+    """How long the sender may sleep before an email falls due (at most `poll`)."""
+    due = db.next_due_at(database)
+    if due is None:
+        return poll
+    wait = (datetime.fromisoformat(due) - datetime.now(UTC)).total_seconds()
+    return min(poll, max(0.05, wait))
+
+
+def run_sender(app: Flask, stop: threading.Event) -> None:
+    """Deliver due emails until `stop` is set; woken at once when a lead is saved."""
+    database = db.connect(app.config["DATABASE"])
+    poll = app.config["OUTBOX_POLL_SECONDS"]
+    with app.app_context():
+        while not stop.is_set():
+            try:
+                drain(database, app.config)
+                wait = seconds_until_due(database, poll)
+            except Exception:
+                log.exception("outbox sender hit an error; trying again shortly")
+                wait = poll
+            wake.wait(wait)
+            wake.clear()
+    database.close()
+
+
+def start_worker(app: Flask) -> threading.Event | None:
+    """Start this process's sender thread, unless the config turns it off."""
+    if not app.config["OUTBOX_WORKER"]:
+        return None
+    stop = threading.Event()
+    threading.Thread(target=run_sender, args=(app, stop), name="outbox-sender", daemon=True).start()
+    if not app.config["MAIL_SERVER"]:
+        log.warning("MAIL_SERVER is not set: emails are written to %s", Path(app.config["DATA_DIR"]) / "mail")
+    return stop
+
+
+def init_app(app: Flask) -> None:
+    """Register the outbox CLI commands."""
+    app.cli.add_command(outbox_cli)
+
+
+@click.group("outbox", cls=AppGroup)
+def outbox_cli() -> None:
+    """Work the email outbox."""
+
+
+@outbox_cli.command("send")
+def send_command() -> None:
+    """Send every email that is due now, once."""
+    database = db.connect(current_app.config["DATABASE"])
+    try:
+        sent = drain(database, current_app.config)
+    finally:
+        database.close()
+    click.echo(f"{sent} email(s) sent")

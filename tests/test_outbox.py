@@ -1,0 +1,239 @@
+"""The clinic's notification email, delivered from the outbox to a real SMTP server."""
+
+import socket
+import sqlite3
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from conftest import free_port, post_lead
+
+import db
+import notify
+from app import create_app
+
+
+def drain(app, now=None) -> int:
+    with app.app_context():
+        database = db.connect(app.config["DATABASE"])
+        try:
+            return notify.drain(database, app.config, now=now)
+        finally:
+            database.close()
+
+
+def outbox(app) -> list[dict]:
+    conn = sqlite3.connect(app.config["DATABASE"])
+    conn.row_factory = sqlite3.Row
+    rows = [dict(r) for r in conn.execute("SELECT * FROM outbox ORDER BY id")]
+    conn.close()
+    return rows
+
+
+def attempts(app) -> list[dict]:
+    conn = sqlite3.connect(app.config["DATABASE"])
+    conn.row_factory = sqlite3.Row
+    rows = [dict(r) for r in conn.execute("SELECT * FROM email_attempts ORDER BY id")]
+    conn.close()
+    return rows
+
+
+@pytest.fixture
+def mail_app(settings, smtp):
+    settings.update(MAIL_SERVER="127.0.0.1", MAIL_PORT=smtp.port, MAIL_TIMEOUT=2)
+    return create_app(settings)
+
+
+def test_lead_email_reaches_the_clinic_with_every_field(mail_app, smtp):
+    post_lead(mail_app.test_client(), "/?utm_source=facebook&utm_campaign=winter")
+    assert drain(mail_app) == 1
+    [envelope] = smtp.envelopes
+    assert envelope.rcpt_tos == ["owner@clinic.example"]
+    [msg] = smtp.messages
+    assert msg["Subject"] == "New appointment request: Jane Doe"
+    assert msg["To"] == "owner@clinic.example"
+    assert msg["Reply-To"] == "jane@example.com"
+    text = msg.get_body(("plain",)).get_content()
+    for words in [
+        "Jane Doe",
+        "+19495106333",
+        "jane@example.com",
+        "morning",
+        "My immune system needs help.",
+        "facebook",
+        "winter",
+        "https://clinic.example/admin/leads/1",
+    ]:
+        assert words in text
+    assert "PST" in text or "PDT" in text
+    html = msg.get_body(("html",)).get_content()
+    assert 'href="https://clinic.example/admin/leads/1"' in html
+    assert outbox(mail_app)[0]["status"] == "sent"
+
+
+def test_no_reply_to_without_a_visitor_address(mail_app, smtp):
+    post_lead(mail_app.test_client(), email="")
+    drain(mail_app)
+    [msg] = smtp.messages
+    assert msg["Reply-To"] is None
+
+
+def test_html_in_a_lead_is_inert_in_the_html_email(mail_app, smtp):
+    post_lead(mail_app.test_client(), name="<script>alert(1)</script>", message='<img src=x onerror="x()">')
+    drain(mail_app)
+    html = smtp.messages[0].get_body(("html",)).get_content()
+    assert "<script>" not in html and "<img" not in html
+    assert "&lt;script&gt;" in html
+
+
+@pytest.mark.parametrize("sep", ["\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\u2029"])
+def test_control_characters_cannot_inject_headers(mail_app, smtp, sep):
+    name = f"Eve{sep}Bcc: victim@example.com"
+    post_lead(mail_app.test_client(), name=name)
+    # The form already drops these; the email builder must hold even when handed one.
+    now = db.utcnow()
+    lead = {"id": 9, "name": name, "email": f"eve@example.com{sep}Bcc: x@example.com", "created_at": now}
+    with mail_app.test_request_context():
+        row = notify.lead_email(lead, mail_app.config)
+        with db.connect(mail_app.config["DATABASE"]) as database:
+            db.enqueue_email(database, row, now)
+    drain(mail_app)
+    for envelope in smtp.envelopes:
+        assert envelope.rcpt_tos == ["owner@clinic.example"]
+        head = envelope.content.split(b"\r\n\r\n")[0]
+        assert b"\r\nBcc:" not in head
+    assert len(smtp.envelopes) == 2, outbox(mail_app)
+
+
+def test_privacy_mode_sends_no_field_data(settings, smtp):
+    settings.update(MAIL_SERVER="127.0.0.1", MAIL_PORT=smtp.port, NOTIFY_DETAILS=False)
+    app = create_app(settings)
+    post_lead(app.test_client())
+    drain(app)
+    [msg] = smtp.messages
+    assert msg["Subject"] == "New request #1"
+    assert msg["Reply-To"] is None
+    raw = smtp.envelopes[0].content.decode()
+    for private in ["Jane", "Doe", "9495106333", "jane@example.com", "immune"]:
+        assert private not in raw
+    assert "https://clinic.example/admin/leads/1" in msg.get_body(("plain",)).get_content()
+
+
+def test_smtp_down_keeps_the_email_until_the_server_is_back(settings, smtp):
+    port = free_port()
+    settings.update(MAIL_SERVER="127.0.0.1", MAIL_PORT=port, MAIL_TIMEOUT=2)
+    app = create_app(settings)
+    response = post_lead(app.test_client())
+    assert response.status_code == 303
+    assert drain(app) == 0
+    [row] = outbox(app)
+    assert row["status"] == "pending"
+    assert "Connection refused" in row["last_error"] or "ConnectionRefused" in row["last_error"]
+    first_retry = datetime.fromisoformat(row["next_attempt_at"]) - datetime.fromisoformat(row["updated_at"])
+    assert first_retry <= timedelta(seconds=5)
+    # The server comes up on the configured port; the next due pass delivers.
+    app.config["MAIL_PORT"] = smtp.port
+    app.extensions["mail"].port = smtp.port
+    assert drain(app, now=datetime.now(UTC) + timedelta(seconds=5)) == 1
+    assert len(smtp.envelopes) == 1
+    assert [a["ok"] for a in attempts(app)] == [0, 1]
+
+
+def test_backoff_grows_and_is_capped_at_a_minute():
+    waits = [notify.backoff(n).total_seconds() for n in range(1, 10)]
+    assert waits[0] <= 5
+    assert waits == sorted(waits)
+    assert max(waits) == 60
+
+
+def test_temporary_refusal_is_retried(mail_app, smtp):
+    smtp.reply = "451 Try again later"
+    post_lead(mail_app.test_client())
+    drain(mail_app)
+    [row] = outbox(mail_app)
+    assert row["status"] == "pending"
+    assert row["last_error"].startswith("451")
+    smtp.reply = None
+    drain(mail_app, now=datetime.now(UTC) + timedelta(minutes=1))
+    assert outbox(mail_app)[0]["status"] == "sent"
+    assert len(smtp.envelopes) == 1
+
+
+def test_permanent_refusal_marks_the_email_failed(mail_app, smtp):
+    smtp.reply = "550 Mailbox unavailable"
+    post_lead(mail_app.test_client())
+    drain(mail_app)
+    [row] = outbox(mail_app)
+    assert row["status"] == "failed"
+    assert row["last_error"].startswith("550")
+    assert drain(mail_app, now=datetime.now(UTC) + timedelta(hours=1)) == 0
+
+
+def test_a_server_that_never_answers_does_not_hang_the_sender(settings):
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    settings.update(MAIL_SERVER="127.0.0.1", MAIL_PORT=silent.getsockname()[1], MAIL_TIMEOUT=0.5)
+    app = create_app(settings)
+    post_lead(app.test_client())
+    started = datetime.now()
+    drain(app)
+    assert datetime.now() - started < timedelta(seconds=5)
+    [row] = outbox(app)
+    assert row["status"] == "pending"
+    assert "timed out" in row["last_error"]
+    silent.close()
+
+
+def test_without_a_mail_server_emails_become_files(app, caplog):
+    post_lead(app.test_client())
+    with caplog.at_level("INFO", logger="clinic.outbox"):
+        assert drain(app) == 1
+    files = list((app.config["DATA_DIR"] and __import__("pathlib").Path(app.config["DATA_DIR"]) / "mail").glob("*.eml"))
+    assert len(files) == 1
+    assert b"New appointment request: Jane Doe" in files[0].read_bytes()
+    assert str(files[0]) in caplog.text
+
+
+def test_two_senders_never_send_one_email_twice(mail_app, smtp):
+    client = mail_app.test_client()
+    for i in range(20):
+        post_lead(client, name=f"Visitor {i}")
+    threads = [threading.Thread(target=drain, args=(mail_app,)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    subjects = [m["Subject"] for m in smtp.messages]
+    assert len(subjects) == 20
+    assert len(set(subjects)) == 20
+
+
+def test_an_email_claimed_by_a_dead_sender_is_sent_later(mail_app, smtp):
+    post_lead(mail_app.test_client())
+    now = datetime.now(UTC)
+    with db.connect(mail_app.config["DATABASE"]) as database:
+        claimed = db.claim_due_emails(database, now.isoformat(), (now - timedelta(minutes=2)).isoformat())
+    assert len(claimed) == 1  # ...and the process holding it dies here
+    assert drain(mail_app) == 0
+    assert drain(mail_app, now=now + timedelta(minutes=3)) == 1
+    assert len(smtp.envelopes) == 1
+
+
+def test_background_sender_delivers_without_anyone_waiting(settings, smtp):
+    settings.update(MAIL_SERVER="127.0.0.1", MAIL_PORT=smtp.port, OUTBOX_WORKER=True)
+    app = create_app(settings)
+    try:
+        assert post_lead(app.test_client()).status_code == 303
+        assert smtp.arrived.wait(10)
+        assert smtp.messages[0]["Subject"] == "New appointment request: Jane Doe"
+    finally:
+        app.extensions["outbox_stop"].set()
+        notify.wake.set()
+
+
+def test_outbox_send_command_drains_once(mail_app, smtp):
+    post_lead(mail_app.test_client())
+    result = mail_app.test_cli_runner().invoke(args=["outbox", "send"])
+    assert "1 email(s) sent" in result.output
+    assert len(smtp.envelopes) == 1
