@@ -105,3 +105,86 @@ def post_lead(client, path: str = "/", **overrides):
     """Open the page at `path` like a visitor, then send the form with `overrides`."""
     page = client.get(path)
     return client.post("/contact", data={**form_fields(page.get_data(as_text=True)), **valid_lead(**overrides)})
+
+
+class LiveServer:
+    """The site under the real gunicorn, in a subprocess, configured by environment."""
+
+    def __init__(self, env: dict, workers: int = 2, threads: int = 4):
+        import os
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        root = Path(__file__).resolve().parent.parent
+        full_env = {**os.environ, "PORT": str(self.port), "WEB_CONCURRENCY": str(workers), "WEB_THREADS": str(threads)}
+        full_env.update({k: str(v) for k, v in env.items()})
+        self.log_path = Path(env["DATA_DIR"]) / "gunicorn.log"
+        self.log = open(self.log_path, "wb")
+        gunicorn = Path(sys.executable).with_name("gunicorn")
+        self.process = subprocess.Popen(
+            [str(gunicorn), "-c", "gunicorn.conf.py", "app:create_app()"],
+            cwd=root,
+            env=full_env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.wait_until_up()
+
+    def wait_until_up(self, timeout: float = 20) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited:\n{self.output()}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"gunicorn did not answer in {timeout} s:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        import os
+        import signal
+
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except Exception:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """Start gunicorn with the given environment: serve({"MAIL_SERVER": ...}, workers=2)."""
+    servers = []
+
+    def start(env: dict | None = None, workers: int = 2, threads: int = 4) -> LiveServer:
+        base = {"DATA_DIR": str(tmp_path / f"site{len(servers)}"), "SECRET_KEY": "live-test", "SPAM_MIN_SECONDS": "0"}
+        (tmp_path / f"site{len(servers)}").mkdir()
+        server = LiveServer({**base, **(env or {})}, workers=workers, threads=threads)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def live_server(serve, smtp):
+    """The site under gunicorn (2 workers), mailing the loopback SMTP server."""
+    return serve({"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": str(smtp.port), "CONTACT_RATE_LIMIT": "1000 per minute"})
