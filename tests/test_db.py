@@ -1,0 +1,78 @@
+"""Storage: migrations at start-up, and several processes writing at once."""
+
+import multiprocessing
+import sqlite3
+
+import db
+from app import create_app
+
+
+def lead(form_id: str) -> dict:
+    return {"form_id": form_id, "name": "Jane Doe", "phone": "+19495106333", "is_spam": 0}
+
+
+def test_schema_is_created_and_upgraded_idempotently(settings):
+    create_app(settings)
+    app = create_app(settings)  # a restart applies nothing twice
+    conn = sqlite3.connect(app.config["DATABASE"])
+    applied = [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations")]
+    assert len(applied) == len(set(applied)) > 0
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(leads)")}
+    for name in [
+        "id",
+        "created_at",
+        "name",
+        "email",
+        "phone",
+        "message",
+        "status",
+        "is_spam",
+        "utm_source",
+        "utm_medium",
+        "utm_campaign",
+        "referrer",
+        "user_agent",
+    ]:
+        assert name in columns
+
+
+def test_init_db_command(app):
+    result = app.test_cli_runner().invoke(args=["init-db"])
+    assert "Database ready" in result.output
+
+
+def test_form_id_is_unique_in_the_database(app):
+    with db.connect(app.config["DATABASE"]) as database:
+        with db.write(database):
+            assert db.add_lead(database, lead("f1"), db.utcnow()) == (1, True)
+        with db.write(database):
+            assert db.add_lead(database, lead("f1"), db.utcnow()) == (1, False)
+        try:
+            database.table("leads").insert({**lead("f1"), "created_at": "x", "updated_at": "x", "status": "new"})
+        except sqlite3.IntegrityError:
+            pass
+        else:
+            raise AssertionError("a second row with the same form_id was accepted")
+
+
+def write_many(path: str, worker: int, count: int) -> None:
+    database = db.connect(path)
+    for i in range(count):
+        with db.write(database):
+            db.add_lead(database, lead(f"w{worker}-{i}"), db.utcnow())
+            db.count_leads(database)
+    database.close()
+
+
+def test_several_processes_writing_at_once_never_fail(app):
+    path = app.config["DATABASE"]
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=write_many, args=(path, w, 50)) for w in range(4)]
+    for p in workers:
+        p.start()
+    for p in workers:
+        p.join(60)
+    assert [p.exitcode for p in workers] == [0, 0, 0, 0]
+    with db.connect(path) as database:
+        assert db.count_leads(database) == 200
