@@ -21,6 +21,7 @@ from flask import (
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
+import admin
 import article
 import config
 import db
@@ -44,6 +45,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     mail.init_app(app)
     limiter.init_app(app)
     app.register_blueprint(bp)
+    admin.init_app(app)
     register_templates(app)
     register_error_pages(app)
     notify.init_app(app)

@@ -1,8 +1,10 @@
 """Settings: embedded defaults, overridden by the environment; the only reader of os.environ."""
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -26,7 +28,7 @@ SETTINGS: dict[str, tuple[object, type]] = {
     "NOTIFY_DETAILS": (True, bool),
     "SPAM_MIN_SECONDS": (3.0, float),
     "CONTACT_RATE_LIMIT": ("5 per minute;30 per hour", str),
-    "RATELIMIT_STORAGE_URI": ("memory://", str),
+    "RATELIMIT_STORAGE_URI": ("sqlite://", str),
     "MAX_CONTENT_LENGTH": (64 * 1024, int),
     "MAIL_SERVER": (None, str),
     "MAIL_PORT": (25, int),
@@ -41,6 +43,12 @@ SETTINGS: dict[str, tuple[object, type]] = {
     "OUTBOX_STALE_SECONDS": (120.0, float),
     "TRUSTED_PROXIES": (0, int),
     "HTTPS": (False, bool),
+    "ADMIN_IDLE_MINUTES": (60, int),
+    "LOGIN_MAX_FAILURES": (5, int),
+    "LOGIN_LOCK_MINUTES": (15, int),
+    "REMINDER_AFTER_HOURS": (4.0, float),
+    "CLINIC_HOURS": ("09:00-17:00", str),
+    "CLINIC_DAYS": ("Mon-Fri", str),
 }
 
 TRUE = {"1", "true", "yes", "on"}
@@ -98,7 +106,40 @@ def finish(config: dict) -> dict:
     config["WTF_CSRF_TIME_LIMIT"] = None
     config["MAIL_SUPPRESS_SEND"] = False
     config["RATELIMIT_HEADERS_ENABLED"] = False
+    if config["RATELIMIT_STORAGE_URI"] == "sqlite://":  # one counter file that every worker shares
+        config["RATELIMIT_STORAGE_URI"] = f"sqlite://{(data_dir / 'ratelimit.db').resolve()}"
+    config["RATELIMIT_SWALLOW_ERRORS"] = True  # a broken counter store must not turn a lead away
+    config["PERMANENT_SESSION_LIFETIME"] = timedelta(minutes=config["ADMIN_IDLE_MINUTES"])
+    config["WORK_HOURS"] = parse_hours(config["CLINIC_HOURS"])
+    config["WORK_DAYS"] = parse_days(config["CLINIC_DAYS"])
     return config
+
+
+DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+def parse_hours(text: str) -> tuple[int, int]:
+    """Turn '09:00-17:00' into opening and closing minutes of the day, or raise ConfigError."""
+    match = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*", text)
+    if match:
+        h1, m1, h2, m2 = (int(part) for part in match.groups())
+        opens, closes = h1 * 60 + m1, h2 * 60 + m2
+        if m1 < 60 and m2 < 60 and 0 <= opens < closes <= 24 * 60:
+            return opens, closes
+    raise ConfigError(f"CLINIC_HOURS={text!r}: expected opening and closing times like 09:00-17:00")
+
+
+def parse_days(text: str) -> frozenset[int]:
+    """Turn 'Mon-Fri' or 'Mon,Wed,Sat' into weekday numbers (Monday is 0), or raise ConfigError."""
+    days: set[int] = set()
+    try:
+        for part in text.lower().replace(" ", "").split(","):
+            first, _, last = part.partition("-")
+            start, end = DAYS.index(first[:3]), DAYS.index((last or first)[:3])
+            days.update(range(start, end + 1) if start <= end else [*range(start, 7), *range(end + 1)])
+    except ValueError:
+        raise ConfigError(f"CLINIC_DAYS={text!r}: expected days like Mon-Fri or Mon,Wed,Sat") from None
+    return frozenset(days)
 
 
 def stored_secret(path: Path) -> str:

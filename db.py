@@ -268,3 +268,335 @@ def emails_for_lead(db: Database, lead_id: int) -> list[dict]:
 def email_attempts(db: Database, outbox_id: int) -> list[dict]:
     """Return every delivery attempt of one email, oldest first."""
     return list(db.table("email_attempts").rows_where("outbox_id = ?", [outbox_id], order_by="id"))
+
+
+# Admin: accounts, sessions, sign-in failures, audit, notes, reminders
+
+
+@migrations()
+def m002_admin(db: Database) -> None:
+    """Owner accounts, server-side sessions, sign-in failures, the audit log, notes, reminders."""
+    db.table("accounts").create(
+        {"id": int, "username": str, "password_hash": str, "created_at": str, "updated_at": str},
+        pk="id",
+        not_null={"username", "password_hash", "created_at", "updated_at"},
+    )
+    db.table("accounts").create_index(["username"], unique=True)
+    db.table("admin_sessions").create(
+        {"id": str, "account_id": int, "created_at": str, "last_seen_at": str, "address": str},
+        pk="id",
+        not_null={"account_id", "created_at", "last_seen_at"},
+        foreign_keys=[("account_id", "accounts", "id")],
+    )
+    db.table("admin_sessions").create_index(["account_id"])
+    db.table("login_failures").create({"id": int, "key": str, "at": str}, pk="id", not_null={"key", "at"})
+    db.table("login_failures").create_index(["key", "at"])
+    db.table("audit_log").create(
+        {"id": int, "at": str, "actor": str, "action": str, "lead_id": int, "detail": str, "address": str},
+        pk="id",
+        not_null={"at", "actor", "action"},
+    )
+    db.table("audit_log").create_index(["at"])
+    db.table("notes").create(
+        {"id": int, "lead_id": int, "at": str, "author": str, "body": str},
+        pk="id",
+        not_null={"lead_id", "at", "author", "body"},
+        foreign_keys=[("lead_id", "leads", "id")],
+    )
+    db.table("notes").create_index(["lead_id"])
+    db.table("leads").add_column("reminded_at", str)
+    db.table("leads").create_index(["status", "created_at"])
+
+
+def get_account(db: Database, username: str) -> dict | None:
+    """Return the account with this username, or None."""
+    rows = list(db.query("SELECT * FROM accounts WHERE username = ?", [username]))
+    return rows[0] if rows else None
+
+
+def count_accounts(db: Database) -> int:
+    """Return how many admin accounts exist."""
+    return db.table("accounts").count
+
+
+def set_password(db: Database, username: str, password_hash: str, now: str) -> bool:
+    """Create the account or replace its password and end its sessions; return True if created."""
+    with write(db):
+        account = get_account(db, username)
+        if account is None:
+            db.table("accounts").insert(
+                {"username": username, "password_hash": password_hash, "created_at": now, "updated_at": now}
+            )
+            return True
+        db.execute(
+            "UPDATE accounts SET password_hash = ?, updated_at = ? WHERE id = ?", [password_hash, now, account["id"]]
+        )
+        db.execute("DELETE FROM admin_sessions WHERE account_id = ?", [account["id"]])
+        return False
+
+
+def start_session(db: Database, session_hash: str, account_id: int, address: str, now: str) -> None:
+    """Record a new signed-in session under the hash of its id."""
+    with write(db):
+        db.table("admin_sessions").insert(
+            {"id": session_hash, "account_id": account_id, "created_at": now, "last_seen_at": now, "address": address}
+        )
+
+
+def session_account(db: Database, session_hash: str, idle_before: str) -> dict | None:
+    """Return the session joined with its account's name, unless it is unknown or idle since `idle_before`."""
+    rows = list(
+        db.query(
+            """
+        SELECT s.id AS session_id, s.last_seen_at, a.id, a.username FROM admin_sessions s
+        JOIN accounts a ON a.id = s.account_id WHERE s.id = ? AND s.last_seen_at >= ?
+        """,
+            [session_hash, idle_before],
+        )
+    )
+    return rows[0] if rows else None
+
+
+def touch_session(db: Database, session_hash: str, now: str) -> None:
+    """Note that a session was just used."""
+    with write(db):
+        db.execute("UPDATE admin_sessions SET last_seen_at = ? WHERE id = ?", [now, session_hash])
+
+
+def end_session(db: Database, session_hash: str) -> None:
+    """Forget a session, so its cookie opens nothing any more."""
+    with write(db):
+        db.execute("DELETE FROM admin_sessions WHERE id = ?", [session_hash])
+
+
+def end_idle_sessions(db: Database, idle_before: str) -> None:
+    """Forget every session idle since before `idle_before`."""
+    with write(db):
+        db.execute("DELETE FROM admin_sessions WHERE last_seen_at < ?", [idle_before])
+
+
+def add_login_failure(db: Database, keys: list[str], now: str, forget_before: str) -> None:
+    """Record one failed sign-in under each key (account, address); drop records too old to count."""
+    with write(db):
+        db.execute("DELETE FROM login_failures WHERE at < ?", [forget_before])
+        db.table("login_failures").insert_all({"key": key, "at": now} for key in keys)
+
+
+def login_failures_since(db: Database, key: str, since: str) -> list[str]:
+    """Return the times of failed sign-ins under `key` since `since`, oldest first."""
+    return [
+        r["at"] for r in db.query("SELECT at FROM login_failures WHERE key = ? AND at >= ? ORDER BY at", [key, since])
+    ]
+
+
+def clear_login_failures(db: Database, key: str) -> None:
+    """Forget the failed sign-ins under `key`."""
+    with write(db):
+        db.execute("DELETE FROM login_failures WHERE key = ?", [key])
+
+
+def audit(
+    db: Database, actor: str, action: str, now: str, lead_id: int | None = None, detail: str = "", address: str = ""
+) -> None:
+    """Append one line to the audit log: who did what, when, from where."""
+    with write(db):
+        db.table("audit_log").insert(
+            {"at": now, "actor": actor, "action": action, "lead_id": lead_id, "detail": detail, "address": address}
+        )
+
+
+def recent_audit(db: Database, limit: int = 100) -> list[dict]:
+    """Return the newest audit lines first."""
+    return list(db.query("SELECT * FROM audit_log ORDER BY id DESC LIMIT ?", [limit]))
+
+
+# Admin: the inbox
+
+LEAD_STATUSES = ("new", "contacted", "booked", "not_interested", "spam")
+
+
+def like_pattern(text: str) -> str:
+    """A LIKE pattern matching `text` anywhere, with % _ and the escape character taken literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _lead_filter(q: str, since: str | None, until: str | None) -> tuple[str, dict]:
+    """The WHERE clause (without status) for a search text and a time range."""
+    clauses, params = ["1 = 1"], {}
+    if q:
+        params["q"] = like_pattern(q)
+        fields = ["name", "email", "phone", "message"]
+        clauses_q = [f"{field} LIKE :q ESCAPE '\\'" for field in fields]
+        digits = "".join(ch for ch in q if ch.isdigit())
+        if len(digits) >= 3:  # "949-510" finds the stored +19495106333
+            params["digits"] = f"%{digits}%"
+            clauses_q.append("phone LIKE :digits")
+        clauses.append("(" + " OR ".join(clauses_q) + ")")
+    if since:
+        clauses.append("created_at >= :since")
+        params["since"] = since
+    if until:
+        clauses.append("created_at < :until")
+        params["until"] = until
+    return " AND ".join(clauses), params
+
+
+def _status_clause(status: str | None) -> str:
+    return "status = :status" if status else "status != 'spam'"
+
+
+def search_leads(
+    db: Database,
+    status: str | None = None,
+    q: str = "",
+    since: str | None = None,
+    until: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> Iterator[dict]:
+    """Leads matching the inbox filter, newest first; spam only when `status` is 'spam'."""
+    where, params = _lead_filter(q, since, until)
+    params["status"] = status
+    sql = f"SELECT * FROM leads WHERE {where} AND {_status_clause(status)} ORDER BY created_at DESC, id DESC"
+    if limit is not None:
+        sql += " LIMIT :limit OFFSET :offset"
+        params.update(limit=limit, offset=offset)
+    return db.query(sql, params)
+
+
+def count_by_status(db: Database, q: str = "", since: str | None = None, until: str | None = None) -> dict[str, int]:
+    """How many leads match the search in each status."""
+    where, params = _lead_filter(q, since, until)
+    counts = dict.fromkeys(LEAD_STATUSES, 0)
+    for row in db.query(f"SELECT status, count(*) AS n FROM leads WHERE {where} GROUP BY status", params):
+        counts[row["status"]] = row["n"]
+    return counts
+
+
+def lead_times_since(db: Database, since: str) -> list[dict]:
+    """Arrival time and source of every lead that is not spam since `since`, for the charts."""
+    return list(
+        db.query(
+            "SELECT created_at, utm_source FROM leads WHERE created_at >= ? AND status != 'spam' ORDER BY created_at",
+            [since],
+        )
+    )
+
+
+# Admin: one lead
+
+
+def set_status(db: Database, lead_id: int, status: str, now: str) -> str | None:
+    """Change a lead's status (spam flag follows); return the old status, or None if no such lead."""
+    with write(db):
+        lead = get_lead(db, lead_id)
+        if lead is None:
+            return None
+        db.execute(
+            "UPDATE leads SET status = ?, is_spam = ?, updated_at = ? WHERE id = ?",
+            [status, int(status == "spam"), now, lead_id],
+        )
+        return lead["status"]
+
+
+def add_note(db: Database, lead_id: int, author: str, body: str, now: str) -> None:
+    """Append a note to a lead."""
+    with write(db):
+        db.table("notes").insert({"lead_id": lead_id, "at": now, "author": author, "body": body})
+        db.execute("UPDATE leads SET updated_at = ? WHERE id = ?", [now, lead_id])
+
+
+def notes_for_lead(db: Database, lead_id: int) -> list[dict]:
+    """Return a lead's notes, oldest first."""
+    return list(db.query("SELECT * FROM notes WHERE lead_id = ? ORDER BY id", [lead_id]))
+
+
+def _delete_leads_where(db: Database, where: str, params: list) -> int:
+    """Delete the matching leads with their notes, emails and attempts; call inside write()."""
+    ids = f"SELECT id FROM leads WHERE {where}"
+    db.execute(
+        f"DELETE FROM email_attempts WHERE outbox_id IN (SELECT id FROM outbox WHERE lead_id IN ({ids}))", params
+    )
+    db.execute(f"DELETE FROM outbox WHERE lead_id IN ({ids})", params)
+    db.execute(f"DELETE FROM notes WHERE lead_id IN ({ids})", params)
+    return db.execute(f"DELETE FROM leads WHERE {where}", params).rowcount
+
+
+def delete_lead(db: Database, lead_id: int) -> bool:
+    """Delete one lead with its notes and emails; return True if it existed."""
+    with write(db):
+        return _delete_leads_where(db, "id = ?", [lead_id]) == 1
+
+
+def purge_leads(db: Database, before: str) -> int:
+    """Delete every lead created before `before` with its notes and emails; return how many."""
+    with write(db):
+        return _delete_leads_where(db, "created_at < ?", [before])
+
+
+# Admin: email health and the outbox by hand
+
+
+def get_email(db: Database, outbox_id: int) -> dict | None:
+    """Return one outbox row, or None."""
+    try:
+        return db.table("outbox").get(outbox_id)
+    except NotFoundError:
+        return None
+
+
+def resend_email(db: Database, outbox_id: int, message_id: str, now: str) -> int | None:
+    """Send an email again: a waiting one falls due now, any other is queued afresh; return the id to watch."""
+    with write(db):
+        row = get_email(db, outbox_id)
+        if row is None:
+            return None
+        if row["status"] in ("pending", "sending"):
+            db.execute("UPDATE outbox SET next_attempt_at = ?, updated_at = ? WHERE id = ?", [now, now, outbox_id])
+            return outbox_id
+        if row["status"] == "failed":
+            # Taken off the failed list: its copy carries on.
+            db.execute("UPDATE outbox SET status = 'resent', updated_at = ? WHERE id = ?", [now, outbox_id])
+        copy = {k: row[k] for k in ("lead_id", "kind", "to_addr", "reply_to", "subject", "body_text", "body_html")}
+        return enqueue_email(db, {**copy, "message_id": message_id}, now)
+
+
+def email_health(db: Database) -> dict:
+    """Last successful delivery, and the emails waiting with errors or failed for good."""
+    last = next(db.query("SELECT max(sent_at) AS at FROM outbox WHERE status = 'sent'"))["at"]
+    troubled = list(
+        db.query(
+            """
+        SELECT * FROM outbox WHERE status = 'failed' OR (status IN ('pending', 'sending') AND last_error IS NOT NULL)
+        ORDER BY id DESC LIMIT 50
+        """
+        )
+    )
+    waiting = next(db.query("SELECT count(*) AS n FROM outbox WHERE status IN ('pending', 'sending')"))["n"]
+    return {"last_sent_at": last, "troubled": troubled, "waiting": waiting}
+
+
+def leads_to_remind(db: Database, created_after: str, created_before: str) -> list[dict]:
+    """Leads still new, never reminded about, that arrived between the two times."""
+    return list(
+        db.query(
+            """
+        SELECT * FROM leads WHERE status = 'new' AND reminded_at IS NULL
+            AND created_at >= ? AND created_at < ? ORDER BY id
+        """,
+            [created_after, created_before],
+        )
+    )
+
+
+def queue_reminder(db: Database, lead_id: int, email: dict, now: str) -> bool:
+    """Mark the lead reminded and queue its reminder, once; False if another process already did."""
+    with write(db):
+        won = db.execute(
+            "UPDATE leads SET reminded_at = ? WHERE id = ? AND reminded_at IS NULL AND status = 'new'", [now, lead_id]
+        ).rowcount
+        if won:
+            enqueue_email(db, email, now)
+        return bool(won)
+

@@ -9,11 +9,12 @@ from email_validator import EmailNotValidError, validate_email
 from flask import current_app
 from flask_wtf import FlaskForm
 from itsdangerous import BadSignature, URLSafeSerializer
-from wtforms import EmailField, HiddenField, SelectField, StringField, TelField, TextAreaField
+from wtforms import EmailField, HiddenField, PasswordField, SelectField, StringField, TelField, TextAreaField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length, ValidationError
 
 MESSAGE_MAX = 2000
+NOTE_MAX = 2000
 TIMES = [
     SelectChoice("", "Any time"),
     SelectChoice("morning", "Morning (9–12)"),
@@ -130,3 +131,35 @@ class LeadForm(FlaskForm):
     def csrf_failed(self) -> bool:
         """True when the CSRF token was missing or stale: the visitor should just send again."""
         return bool(self.meta.csrf and self.csrf_token.errors)
+
+
+class LoginForm(FlaskForm):
+    """An admin's name and password."""
+
+    username = StringField(
+        "Username",
+        filters=[lambda value: clean_text(value).lower()],
+        validators=[DataRequired("Please enter your username."), Length(max=64)],
+    )
+    password = PasswordField("Password", validators=[DataRequired("Please enter your password."), Length(max=1024)])
+
+
+STATUS_CHOICES = [
+    ("new", "New"),
+    ("contacted", "Contacted"),
+    ("booked", "Booked"),
+    ("not_interested", "Not interested"),
+    ("spam", "Spam"),
+]
+
+
+class LeadUpdateForm(FlaskForm):
+    """A lead's new status and an optional note about it."""
+
+    status = SelectField("Status", choices=STATUS_CHOICES)
+    note = TextAreaField(
+        "Add a note (optional)",
+        filters=[clean_text],
+        validators=[Length(max=NOTE_MAX, message=f"Please keep a note under {NOTE_MAX:,} characters.")],
+    )
+

@@ -14,6 +14,7 @@ from flask.cli import AppGroup
 from flask_mail import Connection, Message
 
 import db
+import reminders
 
 log = logging.getLogger("clinic.outbox")
 
@@ -163,6 +164,7 @@ def send_one(database, row: dict, config: dict, now: datetime) -> bool:
 def drain(database, config: dict, now: datetime | None = None) -> int:
     """Send every email that is due; return how many went out."""
     sent = 0
+    reminders.queue_due(database, config, now or datetime.now(UTC))
     while True:
         moment = now or datetime.now(UTC)
         stamp = moment.isoformat(timespec="seconds")
