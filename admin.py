@@ -8,6 +8,7 @@ import logging
 import math
 import re
 import secrets
+import sys
 import unicodedata
 from collections import Counter
 from datetime import UTC, date, datetime, time, timedelta
@@ -39,7 +40,7 @@ import db
 import notify
 import reminders
 from extensions import client_address
-from forms import STATUS_CHOICES, LeadUpdateForm, LoginForm
+from forms import STATUS_LABELS, LeadUpdateForm, LoginForm
 
 log = logging.getLogger("clinic.admin")
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -47,7 +48,6 @@ bp = Blueprint("admin", __name__, url_prefix="/admin")
 OPEN_ENDPOINTS = {"admin.login"}
 DATA_ENDPOINTS = {"admin.export_csv"}  # answer 401 rather than a redirect to a page
 PAGE_SIZE = 25
-STATUS_LABELS = dict(STATUS_CHOICES)
 USERNAME = re.compile(r"[a-z0-9][a-z0-9._@-]{0,63}")
 PASSWORD_MIN = 10
 ADDRESS_FAILURE_FACTOR = 4  # an address may fail this many times more than one account
@@ -530,11 +530,10 @@ def create_admin_command(username: str) -> None:
     name = username.strip().lower()
     if not USERNAME.fullmatch(name):
         raise click.BadParameter("use up to 64 letters, digits and . _ @ -, starting with a letter or digit")
-    stdin = click.get_text_stream("stdin")
-    if stdin.isatty():
+    if sys.stdin.isatty():
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     else:
-        password = stdin.readline().rstrip("\r\n")
+        password = sys.stdin.readline().rstrip("\r\n")
     if len(password) < PASSWORD_MIN:
         raise click.ClickException(f"Please choose a password of at least {PASSWORD_MIN} characters.")
     database = db.connect(current_app.config["DATABASE"])

@@ -144,22 +144,21 @@ class LoginForm(FlaskForm):
     password = PasswordField("Password", validators=[DataRequired("Please enter your password."), Length(max=1024)])
 
 
-STATUS_CHOICES = [
-    ("new", "New"),
-    ("contacted", "Contacted"),
-    ("booked", "Booked"),
-    ("not_interested", "Not interested"),
-    ("spam", "Spam"),
-]
+STATUS_LABELS = {
+    "new": "New",
+    "contacted": "Contacted",
+    "booked": "Booked",
+    "not_interested": "Not interested",
+    "spam": "Spam",
+}
 
 
 class LeadUpdateForm(FlaskForm):
     """A lead's new status and an optional note about it."""
 
-    status = SelectField("Status", choices=STATUS_CHOICES)
+    status = SelectField("Status", choices=[SelectChoice(value, label) for value, label in STATUS_LABELS.items()])
     note = TextAreaField(
         "Add a note (optional)",
         filters=[clean_text],
         validators=[Length(max=NOTE_MAX, message=f"Please keep a note under {NOTE_MAX:,} characters.")],
     )
-

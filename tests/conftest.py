@@ -188,3 +188,27 @@ def serve(tmp_path):
 def live_server(serve, smtp):
     """The site under gunicorn (2 workers), mailing the loopback SMTP server."""
     return serve({"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": str(smtp.port), "CONTACT_RATE_LIMIT": "1000 per minute"})
+
+
+OWNER_PASSWORD = "correct horse battery staple"
+
+
+def csrf_token(html: str) -> str:
+    """The CSRF token in a page's first form."""
+    return re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html).group(1)
+
+
+def sign_in(client, username: str = "owner", password: str = OWNER_PASSWORD, query: str = ""):
+    """Open the sign-in page like a person and send the form; return the response."""
+    page = client.get("/admin/login" + query)
+    data = {"username": username, "password": password, "csrf_token": csrf_token(page.get_data(as_text=True))}
+    return client.post("/admin/login" + query, data=data)
+
+
+@pytest.fixture
+def owner(app, client):
+    """The test client, signed in as an owner made with `flask create-admin owner`."""
+    result = app.test_cli_runner().invoke(args=["create-admin", "owner"], input=OWNER_PASSWORD + "\n")
+    assert result.exit_code == 0, result.output
+    assert sign_in(client).status_code == 303
+    return client
