@@ -1,0 +1,147 @@
+"""The CSV export and the purge of old leads."""
+
+import csv
+import io
+import re
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from conftest import post_lead
+
+import db
+
+
+def rows(app, sql: str, params=()) -> list[dict]:
+    conn = sqlite3.connect(app.config["DATABASE"])
+    conn.row_factory = sqlite3.Row
+    found = [dict(r) for r in conn.execute(sql, params)]
+    conn.commit()
+    conn.close()
+    return found
+
+
+def add(app, created: datetime | None = None, **fields) -> int:
+    database = db.connect(app.config["DATABASE"])
+    lead = {"form_id": f"f-{fields.get('name')}-{created}", "name": "Jane Doe", "is_spam": 0, **fields}
+    with db.write(database):
+        lead_id, _ = db.add_lead(database, lead, (created or datetime.now(UTC)).isoformat(timespec="seconds"))
+    database.close()
+    return lead_id
+
+
+def test_csv_is_excel_ready_and_defuses_formulas(app, owner):
+    created = datetime(2026, 11, 3, 17, 5, tzinfo=UTC)
+    add(
+        app,
+        created,
+        name='=HYPERLINK("http://evil.example","click")',
+        phone="+19495106333",
+        email="@evil.example",
+        preferred_time="-2+3",
+        message='Line one, with "quotes"\r\nline two',
+        utm_source="\tsheet",
+        utm_medium="\rsneaky",
+        utm_campaign="naïve café",
+        referrer="https://example.com/a?b=1",
+    )
+    response = owner.get("/admin/leads.csv")
+    assert response.status_code == 200
+    assert response.mimetype == "text/csv"
+    today = datetime.now(ZoneInfo(app.config["CLINIC_TIMEZONE"])).date()
+    assert response.headers["Content-Disposition"] == f'attachment; filename="leads-{today}.csv"'
+    assert response.headers["Cache-Control"] == "no-store"
+    body = response.get_data()
+    assert body.startswith(b"\xef\xbb\xbf")
+    expected = (
+        "\ufeffid,received,status,name,phone,email,best time,message,"
+        "utm_source,utm_medium,utm_campaign,referring page\r\n"
+        '1,2026-11-03 09:05,New,"\'=HYPERLINK(""http://evil.example"",""click"")",\'+19495106333,'
+        '\'@evil.example,\'-2+3,"Line one, with ""quotes""\r\nline two",\'\tsheet,"\'\rsneaky",naïve café,'
+        "https://example.com/a?b=1\r\n"
+    )
+    assert body.decode("utf-8") == expected
+    [parsed] = list(csv.DictReader(io.StringIO(body.decode("utf-8-sig"), newline="")))
+    assert parsed["name"].startswith("'=")
+    assert parsed["message"] == 'Line one, with "quotes"\r\nline two'
+
+
+def test_csv_exports_what_the_filter_shows(app, owner):
+    add(app, name="Ann Booked")
+    add(app, name="Bob New")
+    add(app, name="Cy Spam", is_spam=1)
+    db_conn = db.connect(app.config["DATABASE"])
+    db.set_status(db_conn, 1, "booked", db.utcnow())
+    db_conn.close()
+
+    def names(url: str) -> list[str]:
+        text = owner.get(url).get_data().decode("utf-8-sig")
+        return sorted(row["name"] for row in csv.DictReader(io.StringIO(text, newline="")))
+
+    assert names("/admin/leads.csv") == ["Ann Booked", "Bob New"]
+    assert names("/admin/leads.csv?status=booked") == ["Ann Booked"]
+    assert names("/admin/leads.csv?status=spam") == ["Cy Spam"]
+    assert names("/admin/leads.csv?q=bob") == ["Bob New"]
+    assert names("/admin/leads.csv?q=%25") == []
+    html = owner.get("/admin?status=booked&q=ann").get_data(as_text=True)
+    link = re.search(r'href="(/admin/leads\.csv[^"]*)"', html).group(1).replace("&amp;", "&")
+    assert names(link) == ["Ann Booked"]
+
+
+def test_csv_export_of_a_month(app, owner):
+    add(app, datetime(2026, 10, 31, 12, tzinfo=UTC), name="October")
+    add(app, datetime(2026, 11, 15, 12, tzinfo=UTC), name="November")
+    add(app, datetime(2026, 12, 1, 12, tzinfo=UTC), name="December")
+    text = owner.get("/admin/leads.csv?from=2026-11-01&to=2026-11-30").get_data().decode("utf-8-sig")
+    assert [row["name"] for row in csv.DictReader(io.StringIO(text, newline=""))] == ["November"]
+
+
+def test_csv_export_is_audited(app, owner):
+    owner.get("/admin/leads.csv?status=new&q=secret")
+    [line] = rows(app, "SELECT * FROM audit_log WHERE action = 'exported leads'")
+    assert line["actor"] == "owner"
+    assert line["detail"] == "status=new, with a search"
+
+
+def test_csv_needs_sign_in(app, client):
+    add(app, name="Private Person")
+    response = client.get("/admin/leads.csv")
+    assert response.status_code == 401
+    assert b"Private Person" not in response.get_data()
+
+
+def test_purge_deletes_old_leads_with_their_emails(app, client):
+    now = datetime.now(UTC)
+    post_lead(client, name="Recent")
+    old = add(app, now - timedelta(days=400), name="Old")
+    add(app, now - timedelta(days=366), name="Older than a year")
+    database = db.connect(app.config["DATABASE"])
+    db.add_note(database, old, "owner", "called", db.utcnow())
+    db.enqueue_email(database, {"lead_id": old, "kind": "lead", "message_id": "<x@y>", "to_addr": "a@b", "subject": "s",
+                                "body_text": "b"}, db.utcnow())  # fmt: skip
+    database.close()
+    result = app.test_cli_runner().invoke(args=["purge-leads", "--older-than", "365"])
+    assert result.exit_code == 0
+    assert "Deleted 2 lead(s) received more than 365 days ago" in result.output
+    assert [r["name"] for r in rows(app, "SELECT name FROM leads")] == ["Recent"]
+    assert [r["lead_id"] for r in rows(app, "SELECT lead_id FROM outbox")] == [1]
+    assert rows(app, "SELECT * FROM notes") == []
+    assert rows(app, "SELECT detail FROM audit_log WHERE action = 'purged leads'") == [
+        {"detail": "2 older than 365 days"}
+    ]
+    again = app.test_cli_runner().invoke(args=["purge-leads", "--older-than", "365"])
+    assert "Deleted 0 lead(s)" in again.output
+
+
+def test_purge_refuses_nonsense(app):
+    for days in ["0", "-3", "soon"]:
+        result = app.test_cli_runner().invoke(args=["purge-leads", "--older-than", days])
+        assert result.exit_code != 0
+
+
+def test_privacy_page_states_the_retention_period(settings):
+    from app import create_app
+
+    settings["LEAD_RETENTION_DAYS"] = 180
+    page = create_app(settings).test_client().get("/privacy").get_data(as_text=True)
+    assert "180 days" in page
