@@ -26,6 +26,7 @@ import article
 import config
 import db
 import notify
+import serving
 from extensions import csrf, limiter, mail
 from forms import LeadForm, new_form_token, read_form_token
 
@@ -48,6 +49,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     admin.init_app(app)
     register_templates(app)
     register_error_pages(app)
+    serving.init_app(app)
     notify.init_app(app)
     app.extensions["outbox_stop"] = notify.start_worker(app)
     return app
@@ -134,21 +136,21 @@ def register_error_pages(app: Flask) -> None:
         return render_error(500)
 
 
-def lead_form_from_visit() -> LeadForm:
-    """A fresh form carrying where the visitor came from and when they saw it."""
-    form = LeadForm(formdata=None)
-    form.utm_source.data = request.args.get("utm_source", "")[:200]
-    form.utm_medium.data = request.args.get("utm_medium", "")[:200]
-    form.utm_campaign.data = request.args.get("utm_campaign", "")[:200]
-    form.referrer.data = (request.referrer or "")[:500]
-    form.form_token.data = new_form_token()
-    return form
+def visit_fields() -> dict:
+    """A fresh form's hidden fields: where the visitor came from and a token saying when they saw it."""
+    return {
+        "utm_source": request.args.get("utm_source", "")[:200],
+        "utm_medium": request.args.get("utm_medium", "")[:200],
+        "utm_campaign": request.args.get("utm_campaign", "")[:200],
+        "referrer": (request.referrer or "")[:500],
+        "form_token": new_form_token(),
+    }
 
 
 @bp.get("/")
 def landing():
     """The article with the appointment form at its end."""
-    return render_template("landing.html", form=lead_form_from_visit())
+    return serving.render_form_page("landing.html", LeadForm, visit_fields())
 
 
 @bp.get("/contact")

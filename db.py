@@ -600,3 +600,56 @@ def queue_reminder(db: Database, lead_id: int, email: dict, now: str) -> bool:
             enqueue_email(db, email, now)
         return bool(won)
 
+
+# Rate limits: one small file shared by every worker (serving.SQLiteStorage)
+
+
+def open_rate_store(path: str) -> sqlite3.Connection:
+    """Open the rate-limit counters file in autocommit mode, creating its table if needed."""
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = OFF")  # counters, not records: losing one on power loss is harmless
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS hits (key TEXT PRIMARY KEY, count INTEGER NOT NULL, expires REAL NOT NULL)"
+    )
+    return conn
+
+
+def close_rate_store(conn: sqlite3.Connection) -> None:
+    """Close a connection from open_rate_store."""
+    conn.close()
+
+
+def rate_hit(conn: sqlite3.Connection, key: str, expiry: float, amount: int, now: float) -> int:
+    """Count `amount` hits on `key` in its window (a new one of `expiry` seconds once it ended); return the count."""
+    row = conn.execute(
+        """
+        INSERT INTO hits (key, count, expires) VALUES (:key, :amount, :now + :expiry)
+        ON CONFLICT (key) DO UPDATE SET
+            count = CASE WHEN expires <= :now THEN :amount ELSE count + :amount END,
+            expires = CASE WHEN expires <= :now THEN :now + :expiry ELSE expires END
+        RETURNING count
+        """,
+        {"key": key, "amount": amount, "now": now, "expiry": expiry},
+    ).fetchone()
+    return row[0]
+
+
+def rate_count(conn: sqlite3.Connection, key: str, now: float) -> int:
+    """Return the hits on `key` in its current window."""
+    row = conn.execute("SELECT count FROM hits WHERE key = ? AND expires > ?", [key, now]).fetchone()
+    return row[0] if row else 0
+
+
+def rate_expiry(conn: sqlite3.Connection, key: str) -> float | None:
+    """Return when the window of `key` ends (epoch seconds), or None."""
+    row = conn.execute("SELECT expires FROM hits WHERE key = ?", [key]).fetchone()
+    return row[0] if row else None
+
+
+def rate_clear(conn: sqlite3.Connection, key: str | None) -> int:
+    """Forget the hits on `key`, or on every key when it is None; return how many keys went."""
+    if key is None:
+        return conn.execute("DELETE FROM hits").rowcount
+    return conn.execute("DELETE FROM hits WHERE key = ?", [key]).rowcount

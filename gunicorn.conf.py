@@ -1,13 +1,34 @@
-"""gunicorn settings for a small 2-core server; `make run` uses them."""
+"""gunicorn settings for a small 2-core server; `make run` uses them.
+
+Two worker processes (one per core) with a pool of threads each: a request mostly waits on
+SQLite or the network, so threads keep a core busy while others wait. The app logs one line per
+request itself, so gunicorn's access log stays off.
+"""
 
 import os
+import socket
+import struct
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-threads = int(os.environ.get("WEB_THREADS", "4"))
+threads = int(os.environ.get("WEB_THREADS", "8"))
 worker_class = "gthread"
 timeout = 30
 graceful_timeout = 10
 keepalive = 5
-accesslog = "-"
+accesslog = None
 errorlog = "-"
+limit_request_line = 4094
+limit_request_fields = 50
+limit_request_field_size = 8190
+# Seconds a client may stall mid-request before its socket read fails and its thread is freed.
+client_timeout = float(os.environ.get("CLIENT_TIMEOUT", "10"))
+
+
+def when_ready(server):
+    """Give every accepted connection read and write timeouts (accepted sockets inherit them)."""
+    seconds, micros = int(client_timeout), int((client_timeout % 1) * 1_000_000)
+    value = struct.pack("ll", seconds, micros)
+    for listener in server.LISTENERS:
+        listener.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+        listener.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)

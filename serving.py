@@ -1,0 +1,259 @@
+"""How the site is served: proxy trust, security and cache headers, request logs, static files, cached pages."""
+
+import gzip
+import hashlib
+import logging
+import mimetypes
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+from flask import Flask, Response, abort, current_app, g, render_template, request, session
+from flask.sessions import SecureCookieSessionInterface
+from flask_wtf.csrf import generate_csrf
+from limits.storage import Storage
+from markupsafe import escape
+from werkzeug.exceptions import RequestTimeout
+from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.security import safe_join
+
+import db
+from extensions import limiter
+
+log = logging.getLogger("clinic.request")
+
+CSP = "default-src 'self'; base-uri 'none'; object-src 'none'; frame-ancestors 'none'; form-action 'self'"
+PERMISSIONS = "camera=(), microphone=(), geolocation=(), payment=(), usb=(), browsing-topics=()"
+YEAR = 365 * 24 * 3600
+COMPRESSIBLE = ("text/", "application/json", "application/javascript", "image/svg+xml", "application/manifest+json")
+# Per-visitor values stand in the cached page as these private-use characters, which HTML escaping leaves alone.
+SLOT = "\ue000{}\ue001"
+SLOT_RE = re.compile("\ue000(\\w+)\ue001")
+
+
+def init_app(app: Flask) -> None:
+    """Trust proxies as configured, add headers and a log line to every response, serve static files."""
+    if app.config["TRUSTED_PROXIES"] > 0:
+        n = app.config["TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)
+    headers = security_headers(app.config["HTTPS"])
+    app.before_request(start_clock)
+    app.after_request(lambda response: finish_response(response, headers))
+    app.view_functions["static"] = send_static
+    app.session_interface = SessionCookies()
+    limiter.request_filter(is_page_view)
+    # A client that stalls mid-body past the socket timeout (gunicorn.conf.py) frees its thread.
+    app.register_error_handler(BlockingIOError, lambda _e: app.handle_user_exception(RequestTimeout()))
+    app.register_error_handler(TimeoutError, lambda _e: app.handle_user_exception(RequestTimeout()))
+
+
+def security_headers(https: bool) -> dict[str, str]:
+    """The headers every response carries; HSTS only when the site is served over HTTPS."""
+    headers = {
+        "Content-Security-Policy": CSP,
+        "X-Content-Type-Options": "nosniff",
+        "X-Frame-Options": "DENY",
+        "Referrer-Policy": "strict-origin-when-cross-origin",
+        "Permissions-Policy": PERMISSIONS,
+        "Cross-Origin-Opener-Policy": "same-origin",
+        "Cross-Origin-Resource-Policy": "same-origin",
+    }
+    if https:
+        headers["Strict-Transport-Security"] = "max-age=63072000; includeSubDomains"
+    return headers
+
+
+def is_page_view() -> bool:
+    """Reading a page is never rate-limited (the limits guard forms); skipping the check keeps pages fast."""
+    return request.method in ("GET", "HEAD")
+
+
+def start_clock() -> None:
+    g.started = time.perf_counter()
+
+
+def cache_policy(response: Response) -> str | None:
+    """Cache-Control for a response that did not set its own."""
+    if request.path.startswith("/admin") or response.headers.get("Content-Disposition", "").startswith("attachment"):
+        return "no-store"  # leads are health information: never kept anywhere
+    if "Cache-Control" in response.headers:
+        return None
+    if session.accessed or "csrf_token" in g:
+        return "private, no-cache"  # a form token or the visitor's own data: no shared cache may keep it
+    return "no-cache"
+
+
+def finish_response(response: Response, headers: dict[str, str]) -> Response:
+    """Add the security and cache headers, and log the request in one line without its query or body."""
+    if "Content-Security-Policy" not in response.headers:
+        response.headers.extend(headers)
+    policy = cache_policy(response)
+    if policy:
+        response.headers["Cache-Control"] = policy
+    elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+    size = response.calculate_content_length()
+    log.info(
+        "%s %s %s %s %.1fms %s",
+        request.method,
+        request.path[:200],
+        response.status_code,
+        "-" if size is None else f"{size}B",
+        elapsed,
+        request.remote_addr,
+    )
+    return response
+
+
+class SessionCookies(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, with the signing serializer made once instead of twice a request."""
+
+    def get_signing_serializer(self, app: Flask):
+        keys = (app.secret_key, tuple(app.config.get("SECRET_KEY_FALLBACKS") or ()))
+        cached = app.extensions.get("session_serializer")
+        if cached is None or cached[0] != keys:
+            cached = app.extensions["session_serializer"] = (keys, super().get_signing_serializer(app))
+        return cached[1]
+
+
+class Asset:
+    """A static file's bytes, its gzip form when that is smaller, and its content hash."""
+
+    def __init__(self, path: str):
+        with open(path, "rb") as f:
+            self.body = f.read()
+        self.hash = hashlib.sha256(self.body).hexdigest()
+        self.mimetype = mimetypes.guess_type(path)[0] or "application/octet-stream"
+        self.mtime = os.stat(path).st_mtime
+        packed = gzip.compress(self.body, 9, mtime=0) if self.mimetype.startswith(COMPRESSIBLE) else None
+        self.gzipped = packed if packed and len(packed) < len(self.body) else None
+
+
+def load_asset(path: str) -> Asset:
+    """The asset at `path`, read once per process and again whenever the file changes."""
+    assets = current_app.extensions.setdefault("static_assets", {})
+    stat = os.stat(path)
+    key = (stat.st_mtime_ns, stat.st_size)
+    cached = assets.get(path)
+    if cached is None or cached[0] != key:
+        cached = assets[path] = (key, Asset(path))
+    return cached[1]
+
+
+def send_static(filename: str) -> Response:
+    """A static file: gzipped when the browser takes it, cached for a year under its hashed URL."""
+    path = safe_join(current_app.static_folder, filename)
+    if path is None or not os.path.isfile(path):
+        abort(404)
+    asset = load_asset(path)
+    zipped = asset.gzipped is not None and request.accept_encodings["gzip"] > 0
+    response = Response(asset.gzipped if zipped else asset.body, mimetype=asset.mimetype)
+    response.set_etag(asset.hash[:32] + ("-gz" if zipped else ""))
+    response.last_modified = asset.mtime
+    if zipped:
+        response.headers["Content-Encoding"] = "gzip"
+    if asset.gzipped is not None:
+        response.vary.add("Accept-Encoding")
+    if request.args.get("v") == asset.hash[:12]:
+        response.headers["Cache-Control"] = f"public, max-age={YEAR}, immutable"
+    else:
+        response.headers["Cache-Control"] = "no-cache"  # an unversioned URL: check back every time
+    return response.make_conditional(request)
+
+
+def new_form(form_class, values: dict):
+    """An empty `form_class` form with `values` in its hidden fields."""
+    form = form_class(formdata=None)
+    for name, value in values.items():
+        form[name].data = value
+    return form
+
+
+def render_form_page(template: str, form_class, values: dict) -> str:
+    """Render `template` with a fresh form, from a copy made once per process.
+
+    Everything on such a page is the same for every visitor except the form's hidden fields (the
+    CSRF and form tokens, where the visitor came from), so the page is rendered once with markers
+    in their place and each visit fills in its own values. Flashed messages and template
+    auto-reload (debug) take the normal path.
+    """
+    if current_app.jinja_env.auto_reload or "_flashes" in session:
+        return render_template(template, form=new_form(form_class, values))
+    pages = current_app.extensions.setdefault("form_pages", {})
+    page = pages.get(template)
+    if page is None:
+        page = pages[template] = page_with_slots(template, new_form(form_class, values), values)
+    csrf_names, parts = page
+    filled = {name: escape(value) for name, value in values.items()}
+    if csrf_names:
+        token = escape(generate_csrf())
+        filled.update(dict.fromkeys(csrf_names, token))
+    return "".join(filled[part] if i % 2 else part for i, part in enumerate(parts))
+
+
+def page_with_slots(template: str, form, values: dict) -> tuple[list[str], list[str]]:
+    """Render `template` with a marker in each varying hidden field; return the CSRF fields and the parts.
+
+    The parts alternate: page text, a field name, page text, ...
+    """
+    csrf_names = [field.name for field in form if field.type == "CSRFTokenField"]
+    slotted = [form[name] for name in [*values, *csrf_names]]
+    try:
+        for field in slotted:
+            marker = SLOT.format(field.name)
+            field._value = lambda marker=marker: marker
+        html = render_template(template, form=form)
+    finally:
+        for field in slotted:
+            del field._value
+    return csrf_names, SLOT_RE.split(html)
+
+
+class SQLiteStorage(Storage):
+    """A flask-limiter store in a SQLite file, so every gunicorn worker counts against the same limit.
+
+    `RATELIMIT_STORAGE_URI = "sqlite:///path/to/ratelimit.db"`; fixed windows only.
+    """
+
+    STORAGE_SCHEME = ["sqlite"]
+
+    def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **options):
+        super().__init__(uri, wrap_exceptions, **options)
+        self.path = str(Path((uri or "").removeprefix("sqlite://")))
+        self.local = threading.local()
+        db.close_rate_store(db.open_rate_store(self.path))
+
+    @property
+    def base_exceptions(self):
+        import sqlite3
+
+        return sqlite3.Error
+
+    def conn(self):
+        """This thread's connection (a sqlite3 connection belongs to one thread)."""
+        if getattr(self.local, "conn", None) is None:
+            self.local.conn = db.open_rate_store(self.path)
+        return self.local.conn
+
+    def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+        return db.rate_hit(self.conn(), key, expiry, amount, time.time())
+
+    def get(self, key: str) -> int:
+        return db.rate_count(self.conn(), key, time.time())
+
+    def get_expiry(self, key: str) -> float:
+        return db.rate_expiry(self.conn(), key) or time.time()
+
+    def check(self) -> bool:
+        try:
+            db.rate_count(self.conn(), "", time.time())
+        except self.base_exceptions:
+            return False
+        return True
+
+    def reset(self) -> int | None:
+        return db.rate_clear(self.conn(), None)
+
+    def clear(self, key: str) -> None:
+        db.rate_clear(self.conn(), key)
