@@ -229,6 +229,18 @@ def privacy():
     return render_template("privacy.html")
 
 
+@bp.get("/robots.txt")
+def robots():
+    """Crawlers may read the public pages but not the admin; the sitemap lists what to index."""
+    return render_template("robots.txt"), {"Content-Type": "text/plain; charset=utf-8"}
+
+
+@bp.get("/sitemap.xml")
+def sitemap():
+    """The pages worth finding in a search engine."""
+    return render_template("sitemap.xml"), {"Content-Type": "application/xml; charset=utf-8"}
+
+
 @bp.get("/healthz")
 def health():
     """Answer 200 when the database can be read."""
