@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo
 
 import click
+import phonenumbers
 from flask import (
     Blueprint,
     Flask,
@@ -76,6 +77,7 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(purge_leads_command)
     zone = ZoneInfo(app.config["CLINIC_TIMEZONE"])
     app.jinja_env.filters["ago"] = lambda iso: ago(iso, datetime.now(UTC), zone)
+    app.jinja_env.filters["phone"] = phone_display
     database = db.connect(app.config["DATABASE"])
     try:
         if not db.count_accounts(database):
@@ -106,6 +108,18 @@ def ago(iso: str | None, now: datetime, zone: ZoneInfo) -> str:
                 return "just now"
             return f"{count} {unit}{'s' if count != 1 else ''} ago"
     return moment.astimezone(zone).strftime("%-d %b %Y")
+
+
+def phone_display(number: str | None) -> str:
+    """A stored E.164 number as people read it: (949) 510-6333 at home, +44 20 ... abroad."""
+    if not number:
+        return ""
+    try:
+        parsed = phonenumbers.parse(number)
+    except phonenumbers.NumberParseException:
+        return number
+    style = phonenumbers.PhoneNumberFormat
+    return phonenumbers.format_number(parsed, style.NATIONAL if parsed.country_code == 1 else style.INTERNATIONAL)
 
 
 # Sign-in, sessions and the guard
@@ -298,12 +312,12 @@ def dashboard(now: datetime) -> dict:
     first = today - timedelta(days=29)
     rows = db.lead_times_since(db.get_db(), stamp(datetime.combine(first, time.min, zone)))
     per_day = Counter(datetime.fromisoformat(r["created_at"]).astimezone(zone).date() for r in rows)
-    sources = Counter((r["utm_source"] or "").strip()[:24] or "(direct)" for r in rows)
+    sources = Counter((r["utm_source"] or "").strip()[:16] or "(direct)" for r in rows)
     peak = max([*per_day.values(), 1])
     days = []
     for i in range(30):
         day = first + timedelta(days=i)
-        height = round(per_day[day] / peak * 80, 1)
+        height = round(per_day[day] / peak * 74, 1)
         days.append(
             {"x": i * 10, "y": 90 - height, "height": height, "count": per_day[day], "label": f"{day:%a %-d %b}"}
         )
