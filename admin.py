@@ -257,7 +257,6 @@ def start_session(account: dict, target: str, now: datetime):
     idle = timedelta(minutes=current_app.config["ADMIN_IDLE_MINUTES"])
     db.end_idle_sessions(database, stamp(now - idle))
     session["admin_sid"] = sid
-    session.permanent = True
     g.account = account
     audit("signed in")
     log.info("admin %s signed in", account["id"])
@@ -582,4 +581,14 @@ def purge_leads_command(days: int | None) -> None:
         db.audit(database, "command line", "purged leads", db.utcnow(), detail=f"{count} older than {days} days")
     finally:
         database.close()
+    # Without a mail server, emails were written as files: those as old go too.
+    files = [
+        p
+        for p in (Path(current_app.config["DATA_DIR"]) / "mail").glob("*.eml")
+        if p.stat().st_mtime < before.timestamp()
+    ]
+    for path in files:
+        path.unlink(missing_ok=True)
     click.echo(f"Deleted {count} lead(s) received more than {days} days ago, with their notes and emails.")
+    if files:
+        click.echo(f"Deleted {len(files)} email file(s) as old from {Path(current_app.config['DATA_DIR']) / 'mail'}.")

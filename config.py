@@ -4,7 +4,6 @@ import os
 import re
 import secrets
 from collections.abc import Mapping
-from datetime import timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -109,7 +108,6 @@ def finish(config: dict) -> dict:
     if config["RATELIMIT_STORAGE_URI"] == "sqlite://":  # one counter file that every worker shares
         config["RATELIMIT_STORAGE_URI"] = f"sqlite://{(data_dir / 'ratelimit.db').resolve()}"
     config["RATELIMIT_SWALLOW_ERRORS"] = True  # a broken counter store must not turn a lead away
-    config["PERMANENT_SESSION_LIFETIME"] = timedelta(minutes=config["ADMIN_IDLE_MINUTES"])
     config["WORK_HOURS"] = parse_hours(config["CLINIC_HOURS"])
     config["WORK_DAYS"] = parse_days(config["CLINIC_DAYS"])
     return config

@@ -284,3 +284,9 @@ def test_a_state_change_without_the_csrf_token_is_refused(app, owner):
     response = owner.post("/admin/leads/1", data={"status": "booked", "note": "no token"})
     assert response.status_code == 400
     assert rows(app, "SELECT status FROM leads") == [{"status": "new"}]
+
+
+def test_the_admin_idle_limit_leaves_visitors_sessions_alone(settings):
+    # Flask refuses any session cookie older than PERMANENT_SESSION_LIFETIME, the lead form's too.
+    app = create_app(settings | {"ADMIN_IDLE_MINUTES": 1})
+    assert app.permanent_session_lifetime >= timedelta(days=1)

@@ -2,9 +2,11 @@
 
 import csv
 import io
+import os
 import re
 import sqlite3
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from conftest import post_lead
@@ -120,8 +122,16 @@ def test_purge_deletes_old_leads_with_their_emails(app, client):
     db.enqueue_email(database, {"lead_id": old, "kind": "lead", "message_id": "<x@y>", "to_addr": "a@b", "subject": "s",
                                 "body_text": "b"}, db.utcnow())  # fmt: skip
     database.close()
+    mail = Path(app.config["DATA_DIR"]) / "mail"
+    mail.mkdir()
+    (mail / "old.eml").write_text("old")
+    (mail / "new.eml").write_text("new")
+    year_ago = (now - timedelta(days=370)).timestamp()
+    os.utime(mail / "old.eml", (year_ago, year_ago))
     result = app.test_cli_runner().invoke(args=["purge-leads", "--older-than", "365"])
     assert result.exit_code == 0
+    assert [p.name for p in mail.iterdir()] == ["new.eml"]
+    assert "Deleted 1 email file(s)" in result.output
     assert "Deleted 2 lead(s) received more than 365 days ago" in result.output
     assert [r["name"] for r in rows(app, "SELECT name FROM leads")] == ["Recent"]
     assert [r["lead_id"] for r in rows(app, "SELECT lead_id FROM outbox")] == [1]
