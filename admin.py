@@ -566,6 +566,7 @@ def create_admin_command(username: str) -> None:
 @click.option(
     "--older-than",
     "days",
+    metavar="DAYS",
     type=click.IntRange(min=1),
     default=None,
     help="Delete leads received more than DAYS days ago (default: LEAD_RETENTION_DAYS).",

@@ -455,10 +455,14 @@ def search_leads(
     limit: int | None = None,
     offset: int = 0,
 ) -> Iterator[dict]:
-    """Leads matching the inbox filter, newest first; spam only when `status` is 'spam'."""
+    """Leads matching the inbox filter, newest first, with their email's status; spam only when `status` is 'spam'."""
     where, params = _lead_filter(q, since, until)
     params["status"] = status
-    sql = f"SELECT * FROM leads WHERE {where} AND {_status_clause(status)} ORDER BY created_at DESC, id DESC"
+    email_status = "(SELECT status FROM outbox WHERE lead_id = leads.id AND kind = 'lead' ORDER BY id DESC LIMIT 1)"
+    sql = (
+        f"SELECT *, {email_status} AS email_status FROM leads WHERE {where} AND {_status_clause(status)}"
+        " ORDER BY created_at DESC, id DESC"
+    )
     if limit is not None:
         sql += " LIMIT :limit OFFSET :offset"
         params.update(limit=limit, offset=offset)

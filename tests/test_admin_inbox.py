@@ -182,6 +182,7 @@ def test_banner_when_emails_are_failing(app, owner):
     conn.close()
     html = page(owner, "/admin")
     assert "Emails are failing" in html
+    assert '<span class="badge email-failed">email failed</span>' in html
     assert 'href="/admin/status"' in html
 
 
