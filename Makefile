@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 ARGS ?=
 
-.PHONY: all run dev test lint fmt bench clean
+.PHONY: all run dev test lint fmt bench lighthouse clean
 
 all: test lint
 
@@ -20,7 +20,12 @@ run: $(BIN)/.installed
 dev: $(BIN)/.installed
 	$(BIN)/flask --app app run --debug --port $(PORT)
 
-test: $(BIN)/.installed
+# axe-core for the accessibility tests, Lighthouse for `make lighthouse` (package-lock.json pins both).
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+test: $(BIN)/.installed node_modules/.installed
 	$(BIN)/pytest $(ARGS)
 
 lint: $(BIN)/.installed
@@ -33,6 +38,9 @@ fmt: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/run.py $(ARGS)
+
+lighthouse: $(BIN)/.installed node_modules/.installed
+	$(BIN)/python bench/lighthouse.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

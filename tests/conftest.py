@@ -212,3 +212,60 @@ def owner(app, client):
     assert result.exit_code == 0, result.output
     assert sign_in(client).status_code == 303
     return client
+
+
+CHROMIUM = "/usr/bin/chromium"
+# No sandbox (containers, root), and nothing that would reach the internet on its own.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+DEVICES = {
+    "phone": {
+        "viewport": {"width": 375, "height": 812},
+        "device_scale_factor": 2,
+        "is_mobile": True,
+        "has_touch": True,
+    },
+    "desktop": {"viewport": {"width": 1280, "height": 800}},
+}
+
+
+def missing(what: str) -> None:
+    """Skip a test that needs `what`; under CI (CI=true) fail instead, because there it must run."""
+    import os
+
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{what} (CI must run the browser tests)", pytrace=False)
+    pytest.skip(what)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's chromium under Playwright (it never downloads a browser of its own)."""
+    import os
+
+    if not os.access(CHROMIUM, os.X_OK):
+        missing(f"{CHROMIUM} not found: install it with `sudo apt-get install chromium`")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(params=list(DEVICES))
+def page(request, browser):
+    """A fresh tab on a 375x812 touch phone, then on a desktop; `page.device` says which."""
+    context = browser.new_context(**DEVICES[request.param])
+    context.set_default_timeout(10_000)
+    tab = context.new_page()
+    tab.device = request.param
+    yield tab
+    context.close()
