@@ -290,3 +290,58 @@ def test_the_admin_idle_limit_leaves_visitors_sessions_alone(settings):
     # Flask refuses any session cookie older than PERMANENT_SESSION_LIFETIME, the lead form's too.
     app = create_app(settings | {"ADMIN_IDLE_MINUTES": 1})
     assert app.permanent_session_lifetime >= timedelta(days=1)
+
+
+def test_create_admin_on_a_terminal_asks_twice_without_echo(settings):
+    import os
+    import pty
+    import select
+    import sys
+    import warnings
+    from pathlib import Path
+
+    create_app(settings)
+    env = {**os.environ, "DATA_DIR": settings["DATA_DIR"], "SECRET_KEY": "x", "OUTBOX_WORKER": "false"}
+    flask = str(Path(sys.executable).with_name("flask"))
+    # A child on a pseudo-terminal of its own, which is its controlling terminal, as in a real shell.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # Python 3.12+ warns on fork with threads
+        pid, leader = pty.fork()
+    if pid == 0:
+        try:
+            os.chdir(Path(__file__).resolve().parent.parent)
+            os.execve(flask, [flask, "--app", "app", "create-admin", "deskperson"], env)
+        finally:
+            os._exit(127)
+    seen = b""
+
+    def read_until(text: bytes) -> None:
+        nonlocal seen
+        while text not in seen:
+            ready, _, _ = select.select([leader], [], [], 20)
+            assert ready, seen
+            seen += os.read(leader, 1024)
+
+    try:
+        read_until(b"Password: ")
+        os.write(leader, b"front desk secret\n")
+        read_until(b"Repeat for confirmation: ")
+        os.write(leader, b"front desk secret\n")
+        read_until(b"created")
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(leader)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert b"front desk secret" not in seen  # typed, but never echoed
+    client = create_app(settings).test_client()
+    assert sign_in(client, "deskperson", "front desk secret").status_code == 303
+
+
+def test_passwords_never_reach_the_log(app, client, caplog):
+    with caplog.at_level(logging.DEBUG):
+        create_admin(app, "owner")
+        sign_in(client, "owner", "wrong but secret words")
+        sign_in(client, "owner", OWNER_PASSWORD)
+    assert "wrong but secret words" not in caplog.text
+    assert OWNER_PASSWORD not in caplog.text
+    assert "failed admin sign-in" in caplog.text
