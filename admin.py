@@ -331,6 +331,16 @@ def dashboard(now: datetime) -> dict:
     return {"days": days, "peak": peak, "total": len(rows), "first": first, "today": today, "sources": bars}
 
 
+def periods(now: datetime) -> list[tuple[str, str, str]]:
+    """Quick date ranges in the clinic's calendar: (label, from, to)."""
+    today = now.astimezone(clinic_zone()).date()
+    return [
+        ("Today", today.isoformat(), today.isoformat()),
+        ("Last 7 days", (today - timedelta(days=6)).isoformat(), today.isoformat()),
+        ("This month", today.replace(day=1).isoformat(), today.isoformat()),
+    ]
+
+
 @bp.get("")
 def inbox():
     """Newest leads first, with status counts, search, pages, the charts and a banner when email fails."""
@@ -356,6 +366,7 @@ def inbox():
         pages=pages,
         labels=STATUS_LABELS,
         chart=dashboard(datetime.now(UTC)),
+        periods=periods(datetime.now(UTC)),
         health=db.email_health(database),
     )
 

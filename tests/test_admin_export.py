@@ -155,3 +155,17 @@ def test_privacy_page_states_the_retention_period(settings):
     settings["LEAD_RETENTION_DAYS"] = 180
     page = create_app(settings).test_client().get("/privacy").get_data(as_text=True)
     assert "180 days" in page
+
+
+def test_this_month_link_exports_the_month(app, owner):
+    zone = ZoneInfo(app.config["CLINIC_TIMEZONE"])
+    today = datetime.now(zone).date()
+    add(app, datetime.now(UTC) - timedelta(minutes=5), name="Today")
+    add(app, datetime.combine(today.replace(day=1), datetime.min.time(), zone) - timedelta(days=2), name="Last month")
+    html = owner.get("/admin").get_data(as_text=True)
+    month = re.search(r'href="([^"]*)"[^>]*>This month</a>', html).group(1).replace("&amp;", "&")
+    page = owner.get(month).get_data(as_text=True)
+    assert "Today" in page and "Last month" not in page
+    csv_link = re.search(r'href="(/admin/leads\.csv[^"]*)"', page).group(1).replace("&amp;", "&")
+    text = owner.get(csv_link).get_data().decode("utf-8-sig")
+    assert [row["name"] for row in csv.DictReader(io.StringIO(text, newline=""))] == ["Today"]
