@@ -1,0 +1,196 @@
+"""axe-core finds nothing to fix on any page a visitor or the owner can reach, light or dark, phone or desktop."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import DEVICES, LiveServer, missing
+from playwright.sync_api import expect
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
+PASSWORD = "a long and careful passphrase"
+VARIANTS = {
+    "phone": DEVICES["phone"],
+    "phone-dark": {**DEVICES["phone"], "color_scheme": "dark"},
+    "desktop": DEVICES["desktop"],
+}
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """One server for the module, with an owner account and a lead to look at."""
+    data = tmp_path_factory.mktemp("a11y")
+    env = {
+        "DATA_DIR": str(data),
+        "SECRET_KEY": "a11y",
+        "SPAM_MIN_SECONDS": "0",
+        "CONTACT_RATE_LIMIT": "1000 per minute",
+    }
+    server = LiveServer(env)
+    if Path(ROOT / "admin.py").exists():
+        flask = Path(sys.executable).with_name("flask")
+        made = subprocess.run(
+            [str(flask), "--app", "app", "create-admin", "owner"],
+            input=PASSWORD + "\n",
+            cwd=ROOT,
+            env={**os.environ, **env, "OUTBOX_WORKER": "false"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert made.returncode == 0, made.stdout + made.stderr
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def axe_page(browser, request):
+    """A tab that carries axe-core into every page it opens (an init script, which the CSP does not block)."""
+    if not AXE.exists():
+        missing(f"{AXE} not found: run `npm ci` (or `make test`, which does)")
+    context = browser.new_context(**VARIANTS[request.param])
+    context.set_default_timeout(10_000)
+    context.add_init_script(path=str(AXE))
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+def violations(page) -> list[str]:
+    """axe's violations on the page as it stands, one readable line each."""
+    found = page.evaluate(
+        """() => axe.run(document, {resultTypes: ['violations'], rules: {'target-size': {enabled: true}}})
+                  .then(r => r.violations)"""
+    )
+    return [f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:5]}" for v in found]
+
+
+def send_lead(page, url: str) -> None:
+    page.goto(url + "/")
+    page.get_by_label("Your name").fill("Jane Doe")
+    page.get_by_label("Phone").fill("949 510 6333")
+    page.get_by_role("button", name="Send request").click()
+    page.wait_for_url("**/thanks")
+
+
+def sign_in(page, url: str, password: str = PASSWORD) -> None:
+    page.goto(url + "/admin/login")
+    page.get_by_label("Username").fill("owner")
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_load_state()
+
+
+def open_landing(page, url):
+    page.goto(url + "/")
+
+
+def open_form_checked_in_page(page, url):
+    page.goto(url + "/")
+    page.get_by_role("button", name="Send request").click()
+    expect(page.locator("#name-error")).to_be_visible()
+
+
+def open_form_refused_by_server(page, url):
+    page.goto(url + "/")
+    page.get_by_label("Your name").fill("Jane Doe")
+    page.get_by_label("Phone").fill("12345")
+    page.get_by_label("Email").fill("jane@")
+    page.get_by_role("button", name="Send request").click()
+    page.wait_for_url("**/contact")
+
+
+def open_thanks(page, url):
+    page.goto(url + "/thanks")
+
+
+def open_thanks_after_sending(page, url):
+    send_lead(page, url)
+
+
+def open_privacy(page, url):
+    page.goto(url + "/privacy")
+
+
+def open_404(page, url):
+    assert page.goto(url + "/no-such-page").status == 404
+
+
+POST_HERE = """() => { const form = document.createElement('form');
+                        form.method = 'post'; document.body.append(form); form.submit(); }"""
+
+
+def open_405(page, url):
+    page.goto(url + "/privacy")
+    with page.expect_navigation() as landed:
+        page.evaluate(POST_HERE)
+    assert landed.value.status == 405
+
+
+def open_admin_login(page, url):
+    page.goto(url + "/admin/login")
+
+
+def open_admin_login_refused(page, url):
+    sign_in(page, url, password="not the password")
+    expect(page.get_by_role("alert")).to_be_visible()
+
+
+def open_admin_inbox(page, url):
+    send_lead(page, url)
+    sign_in(page, url)
+    expect(page.get_by_role("link", name="Jane Doe").first).to_be_visible()
+
+
+def open_admin_lead(page, url):
+    open_admin_inbox(page, url)
+    page.get_by_role("link", name="Jane Doe").first.click()
+    page.wait_for_url("**/admin/leads/*")
+
+
+def open_admin_status(page, url):
+    sign_in(page, url)
+    page.goto(url + "/admin/status")
+
+
+PUBLIC = [
+    open_landing,
+    open_form_checked_in_page,
+    open_form_refused_by_server,
+    open_thanks,
+    open_thanks_after_sending,
+    open_privacy,
+    open_404,
+    open_405,
+]
+ADMIN = [open_admin_login, open_admin_login_refused, open_admin_inbox, open_admin_lead, open_admin_status]
+ALL_PAGES = PUBLIC + (ADMIN if (ROOT / "admin.py").exists() else [])
+
+
+@pytest.mark.parametrize("axe_page", list(VARIANTS), indirect=True)
+@pytest.mark.parametrize("visit", ALL_PAGES, ids=lambda visit: visit.__name__.removeprefix("open_"))
+def test_no_axe_violations(axe_page, visit, site):
+    visit(axe_page, site.url)
+    assert violations(axe_page) == []
+
+
+@pytest.mark.parametrize("axe_page", ["phone"], indirect=True)
+@pytest.mark.parametrize("visit", ALL_PAGES, ids=lambda visit: visit.__name__.removeprefix("open_"))
+def test_touch_targets_are_at_least_44px_on_a_phone(axe_page, visit, site):
+    visit(axe_page, site.url)
+    small = axe_page.evaluate(
+        """() => [...document.querySelectorAll('a[href], button, input:not([type=hidden]), select, textarea, summary')]
+            .filter(e => e.getClientRects().length && !e.closest('[aria-hidden=true]'))
+            // A link inside a sentence is exempt (WCAG 2.5.5); everything standing on its own is measured.
+            .filter(e => !(getComputedStyle(e).display === 'inline'
+                           && e.parentElement.textContent.trim() !== e.textContent.trim()))
+            .map(e => ({what: e.outerHTML.slice(0, 90), size: e.getBoundingClientRect()}))
+            .filter(t => t.size.width < 44 || t.size.height < 44)
+            .map(t => `${t.what} is ${Math.round(t.size.width)}x${Math.round(t.size.height)}`)"""
+    )
+    assert small == []
