@@ -93,7 +93,7 @@ def summary(reports: list[dict]) -> dict:
                     short[ref["id"]] = f"{result['title']} ({category}, score {result['score']})"
     metrics = reports[len(reports) // 2]["audits"]
     timings = {
-        name: metrics[name]["displayValue"]
+        name: metrics[name]["displayValue"].replace("\u00a0", " ")
         for name in (
             "first-contentful-paint",
             "largest-contentful-paint",
