@@ -1,0 +1,333 @@
+"""Benchmark the site under the production gunicorn settings; print a table and put it in the README.
+
+    make bench                      # or: .venv/bin/python bench/run.py [--seconds 10] [--rounds 3] [--no-readme]
+
+1. GET / with wrk, beside bench/baseline.py (a bare WSGI app returning the same bytes) under the
+   same gunicorn.conf.py, in alternating rounds; the ratio is taken within each pair of rounds.
+2. POST /contact at a steady 100 posts/s, open loop: each post is sent when it is due and its
+   latency counted from then. Every answer must be 303 and every lead stored.
+3. The same while the SMTP server takes 5 s over each message.
+4. Peak memory (VmHWM) per worker, and capacity: posts per second per core of worker CPU time.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlencode
+
+from aiosmtpd.controller import Controller
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Sink:
+    """An aiosmtpd handler that accepts every message, after `delay` seconds."""
+
+    def __init__(self, delay: float = 0):
+        self.delay = delay
+        self.count = 0
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        self.count += 1
+        return "250 OK"
+
+
+class Server:
+    """gunicorn with the repo's gunicorn.conf.py, serving `app` with `env`."""
+
+    def __init__(self, app: str, env: dict, chdir: Path = ROOT):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.NamedTemporaryFile(prefix="bench-gunicorn-", suffix=".log", delete=False)
+        full = {**os.environ, "PORT": str(self.port), **env}
+        self.process = subprocess.Popen(
+            [GUNICORN, "-c", str(ROOT / "gunicorn.conf.py"), "--chdir", str(chdir), app],
+            cwd=ROOT,
+            env=full,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(self.url + "/", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise SystemExit(f"{app} did not start; see {self.log.name}")
+        while len(self.workers()) < int(full.get("WEB_CONCURRENCY", "2")):
+            time.sleep(0.1)
+
+    def workers(self) -> list[int]:
+        pid = self.process.pid
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the worker processes (all their threads)."""
+        total = 0
+        for pid in self.workers():
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def peak_memory_mb(self) -> float:
+        """The largest resident set any worker reached (VmHWM)."""
+        peaks = []
+        for pid in self.workers():
+            status = Path(f"/proc/{pid}/status").read_text()
+            peaks.append(int(re.search(r"VmHWM:\s+(\d+) kB", status)[1]) / 1024)
+        return max(peaks)
+
+    def stop(self) -> None:
+        os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.wait(20)
+
+
+def site_env(data_dir: str, smtp_port: int) -> dict:
+    return {
+        "DATA_DIR": data_dir,
+        "SECRET_KEY": "bench",
+        "MAIL_SERVER": "127.0.0.1",
+        "MAIL_PORT": str(smtp_port),
+        "SPAM_MIN_SECONDS": "0",  # the posts follow their page at once; they must count as real leads
+        "CONTACT_RATE_LIMIT": "1000000 per minute",  # every post comes from 127.0.0.1
+    }
+
+
+def wrk(url: str, seconds: int, connections: int) -> dict:
+    """Run wrk against `url`; return requests/s and p50/p99 latency in ms."""
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise SystemExit(f"wrk saw errors against {url}:\n{out}")
+
+    def ms(label: str) -> float:
+        value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)\b", out).groups()
+        return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]), "p50": ms("50%"), "p99": ms("99%")}
+
+
+def form_fields(html: str) -> dict:
+    """The hidden inputs of the lead form on a page, by name."""
+    return dict(re.findall(r'<input id="\w+" name="(\w+)" type="hidden" value="([^"]*)"', html))
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+async def fetch_forms(port: int, count: int) -> list[bytes]:
+    """Open the page `count` times like new visitors; return a ready POST request for each."""
+    requests = []
+    for n in range(count):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        raw = await reader.read()
+        writer.close()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        cookie = re.search(rb"Set-Cookie: ([^;]+);", head)[1].decode()
+        fields = form_fields(body.decode())
+        fields.update(name=f"Bench visitor {n}", phone="949-510-6333", email=f"v{n}@example.com", message="Bench")
+        data = urlencode(fields).encode()
+        requests.append(
+            b"POST /contact HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            + f"Cookie: {cookie}\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
+    return requests
+
+
+async def post_open_loop(port: int, requests: list[bytes], rate: float) -> tuple[list[float], list[int]]:
+    """Send each request when it is due (`rate` per second); latency counts from that moment."""
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.2
+    latencies: list[float] = []
+    statuses: list[int] = []
+
+    async def one(n: int, request: bytes) -> None:
+        due = start + n / rate
+        await asyncio.sleep(max(0, due - loop.time()))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"Content-Length: (\d+)", head)[1])
+        await reader.readexactly(length)
+        latencies.append((loop.time() - due) * 1000)
+        statuses.append(int(head.split()[1]))
+        writer.close()
+
+    await asyncio.gather(*(one(n, r) for n, r in enumerate(requests)))
+    return latencies, statuses
+
+
+def post_run(smtp_delay: float, seconds: int, rate: float) -> dict:
+    """Start a fresh site mailing an SMTP sink, post at `rate` for `seconds`; return what was measured."""
+    sink = Sink(smtp_delay)
+    smtp_port = free_port()
+    controller = Controller(sink, hostname="127.0.0.1", port=smtp_port, server_hostname="bench.smtp")
+    controller.start()
+    data_dir = tempfile.mkdtemp(prefix="bench-site-")
+    server = Server("app:create_app()", site_env(data_dir, smtp_port))
+    try:
+        count = int(seconds * rate)
+        requests = asyncio.run(fetch_forms(server.port, count))
+        cpu_before = server.cpu_seconds()
+        latencies, statuses = asyncio.run(post_open_loop(server.port, requests, rate))
+        cpu = server.cpu_seconds() - cpu_before
+        with sqlite3.connect(f"{data_dir}/leads.db") as conn:
+            stored = conn.execute("SELECT count(*) FROM leads WHERE is_spam = 0").fetchone()[0]
+            queued = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        return {
+            "posts": count,
+            "all_303": statuses.count(303) == count,
+            "stored": stored,
+            "queued": queued,
+            "p50": percentile(latencies, 50),
+            "p99": percentile(latencies, 99),
+            "max": max(latencies),
+            "cpu_s": cpu,
+            "posts_per_core_s": count / cpu if cpu else float("inf"),
+            "mailed_during_run": sink.count,
+            "peak_mb": server.peak_memory_mb(),
+        }
+    finally:
+        server.stop()
+        controller.stop()
+
+
+def get_runs(seconds: int, rounds: int, connections: int) -> dict:
+    """Alternate wrk rounds against the site and the baseline app returning the same bytes."""
+    data_dir = tempfile.mkdtemp(prefix="bench-site-")
+    site = Server("app:create_app()", site_env(data_dir, 9))
+    body = Path(data_dir) / "landing.html"
+    body.write_bytes(urllib.request.urlopen(site.url + "/").read())
+    baseline = Server("baseline:app", {"BASELINE_BODY": str(body)}, chdir=ROOT / "bench")
+    try:
+        wrk(site.url + "/", 2, connections)  # warm both up
+        wrk(baseline.url + "/", 2, connections)
+        pairs = []
+        for _ in range(rounds):
+            pairs.append((wrk(site.url + "/", seconds, connections), wrk(baseline.url + "/", seconds, connections)))
+        ratios = [s["rps"] / b["rps"] for s, b in pairs]
+        best = sorted(range(rounds), key=lambda i: ratios[i])[rounds // 2]  # the median pair
+        return {
+            "site": pairs[best][0],
+            "baseline": pairs[best][1],
+            "ratio": ratios[best],
+            "ratios": ratios,
+            "bytes": body.stat().st_size,
+            "peak_mb": site.peak_memory_mb(),
+        }
+    finally:
+        site.stop()
+        baseline.stop()
+
+
+def table(get: dict, fast: dict, slow: dict, args) -> str:
+    site, base = get["site"], get["baseline"]
+    rows = [
+        "| measure | result | target |",
+        "|---|---|---|",
+        f"| `GET /` landing page ({get['bytes']:,} bytes) | {site['rps']:,.0f} req/s, p50 {site['p50']:.1f} ms, "
+        f"p99 {site['p99']:.1f} ms | |",
+        f"| `GET /` bare WSGI app, same bytes, same gunicorn | {base['rps']:,.0f} req/s, p50 {base['p50']:.1f} ms, "
+        f"p99 {base['p99']:.1f} ms | |",
+        f"| landing ÷ baseline (median of {args.rounds} paired rounds: "
+        f"{', '.join(f'{r:.2f}' for r in get['ratios'])}) | **{get['ratio']:.2f}** | ≥ 0.40 |",
+        f"| `POST /contact` at {args.rate:.0f}/s open loop, fast SMTP ({fast['posts']} posts) | p50 "
+        f"{fast['p50']:.1f} ms, **p99 {fast['p99']:.1f} ms** (max {fast['max']:.0f} ms); "
+        f"{'all 303' if fast['all_303'] else 'NOT all 303'}, {fast['stored']} stored | p99 < 50 ms |",
+        f"| same, SMTP taking 5 s per message ({slow['posts']} posts) | p50 {slow['p50']:.1f} ms, "
+        f"**p99 {slow['p99']:.1f} ms** (max {slow['max']:.0f} ms); "
+        f"{'all 303' if slow['all_303'] else 'NOT all 303'}, {slow['stored']} stored; "
+        f"p99 ratio **{slow['p99'] / fast['p99']:.2f}** | ≤ 1.2 × fast |",
+        f"| capacity, from workers' CPU time (fast SMTP run) | **{fast['posts_per_core_s']:,.0f} posts/s per core** "
+        f"({fast['cpu_s']:.2f} CPU s for {fast['posts']} posts, emails included) | |",
+        f"| peak memory per worker (VmHWM) | {max(get['peak_mb'], fast['peak_mb'], slow['peak_mb']):.0f} MB | |",
+    ]
+    return "\n".join(rows)
+
+
+def write_readme(text: str) -> None:
+    readme = README.read_text()
+    if START not in readme:
+        raise SystemExit(f"README.md has no {START} ... {END} section")
+    head, rest = readme.split(START, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=10, help="length of each wrk round and of each POST run")
+    parser.add_argument("--rounds", type=int, default=3, help="paired wrk rounds (site, baseline)")
+    parser.add_argument("--connections", type=int, default=16, help="wrk connections")
+    parser.add_argument("--rate", type=float, default=100, help="posts per second")
+    parser.add_argument("--no-readme", action="store_true", help="print only; leave README.md alone")
+    args = parser.parse_args()
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    get = get_runs(args.seconds, args.rounds, args.connections)
+    fast = post_run(0, args.seconds, args.rate)
+    slow = post_run(5, args.seconds, args.rate)
+    text = table(get, fast, slow, args)
+    cpus = os.cpu_count()
+    note = (
+        f"Measured {started} on this {cpus}-core machine (shared and noisy; wrk and the load generator run on the "
+        f"same cores), gunicorn.conf.py defaults, with `make bench` "
+        f"(`bench/run.py --seconds {args.seconds} --rounds {args.rounds} --connections {args.connections} "
+        f"--rate {args.rate:g}`)."
+    )
+    print(text + "\n\n" + note)
+    results = ROOT / "bench" / "results"
+    results.mkdir(exist_ok=True)
+    (results / "latest.json").write_text(json.dumps({"get": get, "fast": fast, "slow": slow}, indent=2))
+    if not args.no_readme:
+        write_readme(text + "\n\n" + note)
+    failed = [
+        name
+        for name, ok in [
+            ("GET ratio", get["ratio"] >= 0.4),
+            ("POST p99", fast["p99"] < 50),
+            ("slow-SMTP p99", slow["p99"] <= 1.2 * fast["p99"]),
+            ("every post answered 303 and stored", fast["all_303"] and slow["all_303"]),
+            ("stored", fast["stored"] == fast["posts"] and slow["stored"] == slow["posts"]),
+        ]
+        if not ok
+    ]
+    if failed:
+        print("below target: " + ", ".join(failed))
+
+
+if __name__ == "__main__":
+    main()
