@@ -213,6 +213,10 @@ def test_a_second_send_while_the_first_is_on_its_way_sends_nothing(page, live_se
     page.wait_for_url("**/thanks")
     assert len(posts) == 1
     assert len(smtp.wait_for(1)) == 1
+    page.go_back()  # the form is ready to use again (Playwright turns off the back/forward cache)
+    button = page.get_by_role("button", name="Send request")
+    expect(button).to_be_enabled()
+    expect(button).not_to_have_attribute("aria-disabled", "true")
 
 
 def test_first_view_is_small_fast_and_from_this_site_only(page, live_server):
