@@ -138,10 +138,11 @@ def register_error_pages(app: Flask) -> None:
 
 def visit_fields() -> dict:
     """A fresh form's hidden fields: where the visitor came from and a token saying when they saw it."""
+    args = request.args if request.query_string else {}
     return {
-        "utm_source": request.args.get("utm_source", "")[:200],
-        "utm_medium": request.args.get("utm_medium", "")[:200],
-        "utm_campaign": request.args.get("utm_campaign", "")[:200],
+        "utm_source": args.get("utm_source", "")[:200],
+        "utm_medium": args.get("utm_medium", "")[:200],
+        "utm_campaign": args.get("utm_campaign", "")[:200],
         "referrer": (request.referrer or "")[:500],
         "form_token": new_form_token(),
     }

@@ -38,9 +38,8 @@ def init_app(app: Flask) -> None:
     if app.config["TRUSTED_PROXIES"] > 0:
         n = app.config["TRUSTED_PROXIES"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)
-    headers = security_headers(app.config["HTTPS"])
-    app.before_request(start_clock)
-    app.after_request(lambda response: finish_response(response, headers))
+    app.wsgi_app = with_headers(app.wsgi_app, list(security_headers(app.config["HTTPS"]).items()))
+    app.after_request(finish_response)
     app.view_functions["static"] = send_static
     app.session_interface = SessionCookies()
     limiter.request_filter(is_page_view)
@@ -70,8 +69,19 @@ def is_page_view() -> bool:
     return request.method in ("GET", "HEAD")
 
 
-def start_clock() -> None:
-    g.started = time.perf_counter()
+def with_headers(wsgi_app, headers: list[tuple[str, str]]):
+    """Wrap a WSGI app so every response it sends, errors and static files included, carries `headers`."""
+
+    def app(environ, start_response):
+        environ["clinic.started"] = time.perf_counter()
+
+        def start(status, response_headers, exc_info=None):
+            response_headers.extend(headers)
+            return start_response(status, response_headers, exc_info)
+
+        return wsgi_app(environ, start)
+
+    return app
 
 
 def cache_policy(response: Response) -> str | None:
@@ -85,23 +95,22 @@ def cache_policy(response: Response) -> str | None:
     return "no-cache"
 
 
-def finish_response(response: Response, headers: dict[str, str]) -> Response:
-    """Add the security and cache headers, and log the request in one line without its query or body."""
-    if "Content-Security-Policy" not in response.headers:
-        response.headers.extend(headers)
+def finish_response(response: Response) -> Response:
+    """Set Cache-Control, and log the request in one line without its query or body."""
     policy = cache_policy(response)
     if policy:
         response.headers["Cache-Control"] = policy
-    elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+    req = request._get_current_object()
+    elapsed = (time.perf_counter() - req.environ.get("clinic.started", time.perf_counter())) * 1000
     size = response.calculate_content_length()
     log.info(
         "%s %s %s %s %.1fms %s",
-        request.method,
-        request.path[:200],
+        req.method,
+        req.path[:200],
         response.status_code,
         "-" if size is None else f"{size}B",
         elapsed,
-        request.remote_addr,
+        req.remote_addr,
     )
     return response
 
