@@ -15,3 +15,9 @@ def client_address() -> str:
 
 
 limiter = Limiter(key_func=client_address, default_limits=[])
+
+
+@limiter.request_filter
+def page_view() -> bool:
+    """Reading a page is never rate-limited: the limits guard forms, and skipping the check keeps pages fast."""
+    return request.method in ("GET", "HEAD")

@@ -20,7 +20,6 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.security import safe_join
 
 import db
-from extensions import limiter
 
 log = logging.getLogger("clinic.request")
 
@@ -42,7 +41,6 @@ def init_app(app: Flask) -> None:
     app.after_request(finish_response)
     app.view_functions["static"] = send_static
     app.session_interface = SessionCookies()
-    limiter.request_filter(is_page_view)
     # A client that stalls mid-body past the socket timeout (gunicorn.conf.py) frees its thread.
     app.register_error_handler(BlockingIOError, lambda _e: app.handle_user_exception(RequestTimeout()))
     app.register_error_handler(TimeoutError, lambda _e: app.handle_user_exception(RequestTimeout()))
@@ -62,11 +60,6 @@ def security_headers(https: bool) -> dict[str, str]:
     if https:
         headers["Strict-Transport-Security"] = "max-age=63072000; includeSubDomains"
     return headers
-
-
-def is_page_view() -> bool:
-    """Reading a page is never rate-limited (the limits guard forms); skipping the check keeps pages fast."""
-    return request.method in ("GET", "HEAD")
 
 
 def with_headers(wsgi_app, headers: list[tuple[str, str]]):
