@@ -657,3 +657,8 @@ def rate_clear(conn: sqlite3.Connection, key: str | None) -> int:
     if key is None:
         return conn.execute("DELETE FROM hits").rowcount
     return conn.execute("DELETE FROM hits WHERE key = ?", [key]).rowcount
+
+
+def rate_forget_expired(conn: sqlite3.Connection, now: float) -> int:
+    """Drop counters whose window has ended; return how many went."""
+    return conn.execute("DELETE FROM hits WHERE expires <= ?", [now]).rowcount

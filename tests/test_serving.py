@@ -362,3 +362,17 @@ def test_gunicorn_logs_hold_no_message_password_or_token(serve, smtp):
         jar = getattr(cookie, "cookiejar", None)
         for c in jar or []:
             assert c.value not in log
+
+
+def test_rate_counter_windows_restart_and_ended_ones_are_dropped(tmp_path):
+    import db
+
+    conn = db.open_rate_store(str(tmp_path / "limits.db"))
+    assert [db.rate_hit(conn, "a", 60, 1, now) for now in (100, 110, 159)] == [1, 2, 3]
+    assert db.rate_count(conn, "a", 159) == 3
+    assert db.rate_hit(conn, "a", 60, 1, 160) == 1  # the window ended at 160: a new one starts
+    assert db.rate_expiry(conn, "a") == 220
+    db.rate_hit(conn, "b", 60, 1, 200)
+    assert db.rate_forget_expired(conn, 230) == 1  # "a" ended at 220, "b" runs to 260
+    assert db.rate_count(conn, "b", 230) == 1
+    db.close_rate_store(conn)
