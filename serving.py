@@ -15,7 +15,6 @@ from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import generate_csrf
 from limits.storage import Storage
 from markupsafe import escape
-from werkzeug.exceptions import RequestTimeout
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.security import safe_join
 
@@ -41,9 +40,6 @@ def init_app(app: Flask) -> None:
     app.after_request(finish_response)
     app.view_functions["static"] = send_static
     app.session_interface = SessionCookies()
-    # A client that stalls mid-body past the socket timeout (gunicorn.conf.py) frees its thread.
-    app.register_error_handler(BlockingIOError, lambda _e: app.handle_user_exception(RequestTimeout()))
-    app.register_error_handler(TimeoutError, lambda _e: app.handle_user_exception(RequestTimeout()))
 
 
 def security_headers(https: bool) -> dict[str, str]:

@@ -227,7 +227,7 @@ def test_a_few_slow_clients_do_not_hold_up_other_visitors(serve):
         assert time.monotonic() - started < 5  # served while every slow client was still hanging on
         for sock in slow:
             reply = read_until_closed(sock, 20)
-            assert reply == b"" or re.match(rb"HTTP/1.1 (408|400) ", reply), reply[:100]
+            assert reply == b"" or re.match(rb"HTTP/1.1 400 ", reply), reply[:100]
     finally:
         for sock in slow:
             sock.close()
@@ -241,7 +241,7 @@ def test_a_flood_of_slow_clients_is_dropped_and_the_site_serves_again(serve):
         with ThreadPoolExecutor(len(slow)) as pool:  # each is dropped once it stalls past the timeout
             replies = list(pool.map(lambda sock: read_until_closed(sock, 40), slow))
         for reply in replies:  # a half-sent body gets the site's page; half-sent headers just a closed socket
-            assert reply == b"" or re.match(rb"HTTP/1.1 (408|400) ", reply), reply[:100]
+            assert reply == b"" or re.match(rb"HTTP/1.1 400 ", reply), reply[:100]
     finally:
         for sock in slow:
             sock.close()
