@@ -1,9 +1,11 @@
 """The clinic's notification emails: built at queue time, delivered from the outbox."""
 
+import contextlib
 import logging
 import smtplib
 import threading
 import unicodedata
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import make_msgid
 from pathlib import Path
@@ -79,26 +81,53 @@ def open_smtp(state, timeout: float) -> smtplib.SMTP:
     return host
 
 
-def deliver(message: Message, config: dict) -> str:
-    """Send one message, or write it to a file when no mail server is set; say where."""
+def write_eml(message: Message, config: dict) -> str:
+    """Keep the message as a file under data/mail/ (no mail server set); say where."""
+    folder = Path(config["DATA_DIR"]) / "mail"
+    folder.mkdir(exist_ok=True)
+    name = message.msgId.strip("<>").replace("@", "_").replace("/", "_")
+    path = folder / f"{name}.eml"
+    path.write_bytes(message.as_bytes())
+    return f"written to {path}"
+
+
+@contextlib.contextmanager
+def mailer(config: dict) -> Iterator[Callable[[Message], str]]:
+    """Yield a send function that opens one SMTP connection when first needed and reuses it."""
     if not config["MAIL_SERVER"]:
-        folder = Path(config["DATA_DIR"]) / "mail"
-        folder.mkdir(exist_ok=True)
-        name = message.msgId.strip("<>").replace("@", "_").replace("/", "_")
-        path = folder / f"{name}.eml"
-        path.write_bytes(message.as_bytes())
-        return f"written to {path}"
+        yield lambda message: write_eml(message, config)
+        return
     state = current_app.extensions["mail"]
     connection = Connection(state)
-    connection.host = open_smtp(state, config["MAIL_TIMEOUT"])
-    try:
-        connection.send(message)
-    finally:
+
+    def hang_up() -> None:
+        if connection.host is not None:
+            try:
+                connection.host.quit()
+            except (smtplib.SMTPException, OSError):
+                connection.host.close()
+            connection.host = None
+
+    def send(message: Message) -> str:
+        reused = connection.host is not None
+        if not reused:
+            connection.host = open_smtp(state, config["MAIL_TIMEOUT"])
         try:
-            connection.host.quit()
-        except (smtplib.SMTPException, OSError):
-            connection.host.close()
-    return f"sent to {config['MAIL_SERVER']}:{config['MAIL_PORT']}"
+            connection.send(message)
+        except smtplib.SMTPServerDisconnected:
+            hang_up()
+            if not reused:
+                raise
+            return send(message)  # the server closed an idle connection: one fresh try
+        except Exception:
+            hang_up()  # the connection's state is unknown after any other failure
+            raise
+        return f"sent to {config['MAIL_SERVER']}:{config['MAIL_PORT']}"
+
+    try:
+        yield send
+    finally:
+        hang_up()
 
 
 def is_permanent(error: Exception) -> bool:
@@ -127,11 +156,11 @@ def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * 2 ** max(0, attempts - 1)))
 
 
-def send_one(database, row: dict, config: dict, now: datetime) -> bool:
+def send_one(database, row: dict, send: Callable[[Message], str], now: datetime) -> bool:
     """Try one claimed email and record the outcome; return True if it went out."""
     stamp = now.isoformat(timespec="seconds")
     try:
-        where = deliver(build_message(row), config)
+        where = send(build_message(row))
     except Exception as error:  # noqa: BLE001 - any failure must be recorded, never lose the row
         reason = describe(error)
         age = now - datetime.fromisoformat(row["created_at"])
@@ -165,18 +194,18 @@ def drain(database, config: dict, now: datetime | None = None) -> int:
     """Send every email that is due; return how many went out."""
     sent = 0
     reminders.queue_due(database, config, now or datetime.now(UTC))
-    while True:
-        moment = now or datetime.now(UTC)
-        stamp = moment.isoformat(timespec="seconds")
-        # A claim older than this is far beyond any SMTP timeout: its sender died.
-        stale = (moment - timedelta(seconds=config["OUTBOX_STALE_SECONDS"])).isoformat(timespec="seconds")
-        rows = db.claim_due_emails(database, stamp, stale)
-        if not rows:
-            return sent
-        for row in rows:
-            sent += send_one(database, row, config, moment)
-        if now is not None:  # a fixed clock: one pass, or retries would loop forever
-            return sent
+    with mailer(config) as send:
+        while True:
+            moment = now or datetime.now(UTC)
+            stamp = moment.isoformat(timespec="seconds")
+            # A claim older than this is far beyond any SMTP timeout: its sender died.
+            stale = (moment - timedelta(seconds=config["OUTBOX_STALE_SECONDS"])).isoformat(timespec="seconds")
+            # One at a time: a claimed email is being sent, so a slow server cannot age a
+            # batch of claims past OUTBOX_STALE_SECONDS and let another sender take them.
+            rows = db.claim_due_emails(database, stamp, stale, limit=1)
+            if not rows:
+                return sent
+            sent += send_one(database, rows[0], send, moment)
 
 
 def seconds_until_due(database, poll: float) -> float:

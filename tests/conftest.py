@@ -27,11 +27,13 @@ class Inbox:
         self.envelopes: list[Envelope] = []
         self.reply: str | None = None
         self.arrived = threading.Event()
+        self.peers: list = []  # the client end of the connection each message came over
 
     async def handle_DATA(self, server, session, envelope):
         if self.reply:
             return self.reply
         self.envelopes.append(envelope)
+        self.peers.append(session.peer)
         self.arrived.set()
         return "250 Message accepted for delivery"
 

@@ -209,6 +209,15 @@ def test_two_senders_never_send_one_email_twice(mail_app, smtp):
     assert len(set(subjects)) == 20
 
 
+def test_one_connection_carries_every_due_email(mail_app, smtp):
+    client = mail_app.test_client()
+    for i in range(5):
+        post_lead(client, name=f"Visitor {i}")
+    assert drain(mail_app) == 5
+    assert len(smtp.envelopes) == 5
+    assert len(set(smtp.peers)) == 1
+
+
 def test_an_email_claimed_by_a_dead_sender_is_sent_later(mail_app, smtp):
     post_lead(mail_app.test_client())
     now = datetime.now(UTC)
