@@ -28,7 +28,7 @@ import db
 import notify
 import serving
 from extensions import csrf, limiter, mail
-from forms import LeadForm, new_form_token, read_form_token
+from forms import LeadForm, new_form_token, read_form_token, visit_fields
 
 log = logging.getLogger("clinic")
 bp = Blueprint("public", __name__)
@@ -136,22 +136,11 @@ def register_error_pages(app: Flask) -> None:
         return render_error(500)
 
 
-def visit_fields() -> dict:
-    """A fresh form's hidden fields: where the visitor came from and a token saying when they saw it."""
-    args = request.args if request.query_string else {}
-    return {
-        "utm_source": args.get("utm_source", "")[:200],
-        "utm_medium": args.get("utm_medium", "")[:200],
-        "utm_campaign": args.get("utm_campaign", "")[:200],
-        "referrer": (request.referrer or "")[:500],
-        "form_token": new_form_token(),
-    }
-
-
 @bp.get("/")
 def landing():
     """The article with the appointment form at its end."""
-    return serving.render_form_page("landing.html", LeadForm, visit_fields())
+    args = request.args if request.query_string else {}
+    return serving.render_form_page("landing.html", LeadForm, visit_fields(args, request.referrer))
 
 
 @bp.get("/contact")

@@ -3,6 +3,7 @@
 import secrets
 import time
 import unicodedata
+from collections.abc import Mapping
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
@@ -52,6 +53,17 @@ def read_form_token(token: str) -> tuple[str, float] | None:
         return str(data["id"]), float(data["t"])
     except (BadSignature, KeyError, TypeError, ValueError):
         return None
+
+
+def visit_fields(args: Mapping[str, str], referrer: str | None) -> dict:
+    """A fresh lead form's hidden fields: where the visitor came from and a token saying when they saw it."""
+    return {
+        "utm_source": args.get("utm_source", "")[:200],
+        "utm_medium": args.get("utm_medium", "")[:200],
+        "utm_campaign": args.get("utm_campaign", "")[:200],
+        "referrer": (referrer or "")[:500],
+        "form_token": new_form_token(),
+    }
 
 
 class LeadForm(FlaskForm):

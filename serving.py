@@ -9,16 +9,20 @@ import re
 import threading
 import time
 from pathlib import Path
+from urllib.parse import parse_qs
 
 from flask import Flask, Response, abort, current_app, g, render_template, request, session
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import generate_csrf
+from itsdangerous import URLSafeTimedSerializer
 from limits.storage import Storage
 from markupsafe import escape
+from werkzeug.http import dump_cookie
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.security import safe_join
 
 import db
+from forms import visit_fields
 
 log = logging.getLogger("clinic.request")
 
@@ -33,13 +37,14 @@ SLOT_RE = re.compile("\ue000(\\w+)\ue001")
 
 def init_app(app: Flask) -> None:
     """Trust proxies as configured, add headers and a log line to every response, serve static files."""
+    app.session_interface = SessionCookies()
+    app.wsgi_app = first_visit_landing(app, app.wsgi_app)
     if app.config["TRUSTED_PROXIES"] > 0:
         n = app.config["TRUSTED_PROXIES"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)
     app.wsgi_app = with_headers(app.wsgi_app, list(security_headers(app.config["HTTPS"]).items()))
     app.after_request(finish_response)
     app.view_functions["static"] = send_static
-    app.session_interface = SessionCookies()
 
 
 def security_headers(https: bool) -> dict[str, str]:
@@ -183,11 +188,71 @@ def render_form_page(template: str, form_class, values: dict) -> str:
     if page is None:
         page = pages[template] = page_with_slots(template, new_form(form_class, values), values)
     csrf_names, parts = page
+    return fill_page(page, values, generate_csrf() if csrf_names else "")
+
+
+def fill_page(page: tuple[list[str], list[str]], values: dict, csrf_token: str) -> str:
+    """Put one visitor's hidden-field values (and CSRF token) into a page made by page_with_slots."""
+    csrf_names, parts = page
     filled = {name: escape(value) for name, value in values.items()}
-    if csrf_names:
-        token = escape(generate_csrf())
-        filled.update(dict.fromkeys(csrf_names, token))
+    filled.update(dict.fromkeys(csrf_names, escape(csrf_token)))
     return "".join(filled[part] if i % 2 else part for i, part in enumerate(parts))
+
+
+def first_visit_landing(app: Flask, wsgi_app):
+    """Answer GET / for a visitor with no session cookie without going through Flask's dispatch.
+
+    This is where a burst of ad visitors lands, and Flask's per-request machinery (contexts, hooks,
+    limiter, response object) costs more than the page itself. The answer is what the landing view
+    gives a new visitor: the cached page filled in, a CSRF token made as flask-wtf's generate_csrf
+    makes it, and a new session cookie from Flask's own session serializer and cookie settings.
+    Anything else, and the very first request of a process (which builds the cached page), takes the
+    normal path; the tests submit every form through this path.
+    """
+    interface = app.session_interface
+    cookie_name = interface.get_cookie_name(app)
+    csrf_key = app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
+    csrf_signer = URLSafeTimedSerializer(app.config.get("WTF_CSRF_SECRET_KEY") or app.secret_key, salt="wtf-csrf-token")
+    cookie_options = {
+        "domain": interface.get_cookie_domain(app),
+        "path": interface.get_cookie_path(app),
+        "secure": interface.get_cookie_secure(app),
+        "httponly": interface.get_cookie_httponly(app),
+        "samesite": interface.get_cookie_samesite(app),
+        "partitioned": interface.get_cookie_partitioned(app),
+    }
+
+    def landing(environ, start_response):
+        page = app.extensions.get("form_pages", {}).get("landing.html")
+        if (
+            page is None
+            or environ.get("PATH_INFO") != "/"
+            or environ.get("REQUEST_METHOD") not in ("GET", "HEAD")
+            or cookie_name in environ.get("HTTP_COOKIE", "")
+        ):
+            return wsgi_app(environ, start_response)
+        query = environ.get("QUERY_STRING", "")
+        args = {k: v[0] for k, v in parse_qs(query).items()} if query else {}
+        raw_token = hashlib.sha1(os.urandom(64)).hexdigest()
+        with app.app_context():
+            values = visit_fields(args, environ.get("HTTP_REFERER"))
+            cookie = interface.get_signing_serializer(app).dumps({csrf_key: raw_token})
+        body = fill_page(page, values, csrf_signer.dumps(raw_token)).encode()
+        start_response(
+            "200 OK",
+            [
+                ("Content-Type", "text/html; charset=utf-8"),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "private, no-cache"),
+                ("Vary", "Cookie"),
+                ("Set-Cookie", dump_cookie(cookie_name, cookie, **cookie_options)),
+            ],
+        )
+        elapsed = (time.perf_counter() - environ.get("clinic.started", time.perf_counter())) * 1000
+        log.info("%s / 200 %sB %.1fms %s", environ["REQUEST_METHOD"], len(body), elapsed, environ.get("REMOTE_ADDR"))
+        return [body] if environ["REQUEST_METHOD"] == "GET" else []
+
+    return landing
 
 
 def page_with_slots(template: str, form, values: dict) -> tuple[list[str], list[str]]:

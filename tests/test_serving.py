@@ -11,11 +11,11 @@ from http.cookiejar import CookieJar
 
 import pytest
 from conftest import form_fields, post_lead, valid_lead
-from flask import abort, flash, render_template
+from flask import abort, flash, render_template, request
 
 import serving
-from app import create_app, visit_fields
-from forms import LeadForm
+from app import create_app
+from forms import LeadForm, visit_fields
 
 PAGES = ["/", "/thanks", "/privacy", "/no-such-page", "/healthz", "/admin/login"]
 
@@ -162,7 +162,7 @@ def test_cached_landing_page_is_exactly_the_full_render(app, query, referrer):
     headers = {"Referer": referrer} if referrer else {}
     for _ in range(2):
         with app.test_request_context("/" + query, headers=headers):
-            values = visit_fields()
+            values = visit_fields(request.args, request.referrer)
             fast = serving.render_form_page("landing.html", LeadForm, values)
             full = render_template("landing.html", form=serving.new_form(LeadForm, values))
             assert fast == full
@@ -376,3 +376,40 @@ def test_rate_counter_windows_restart_and_ended_ones_are_dropped(tmp_path):
     assert db.rate_forget_expired(conn, 230) == 1  # "a" ended at 220, "b" runs to 260
     assert db.rate_count(conn, "b", 230) == 1
     db.close_rate_store(conn)
+
+
+def test_first_visit_without_a_cookie_gets_a_working_form(app):
+    app.test_client().get("/")  # the process's first visit builds the cached page
+    visitor = app.test_client()
+    page = visitor.get("/?utm_source=newsletter", headers={"Referer": "https://news.example/a"})
+    assert page.status_code == 200
+    cookie = page.headers["Set-Cookie"]
+    assert cookie.startswith("session=") and "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/" in cookie
+    assert page.headers["Cache-Control"] == "private, no-cache"
+    assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+    fields = form_fields(page.get_data(as_text=True))
+    assert (fields["utm_source"], fields["referrer"]) == ("newsletter", "https://news.example/a")
+    sent = visitor.post("/contact", data={**fields, **valid_lead()})
+    assert sent.status_code == 303
+    conn = sqlite3.connect(app.config["DATABASE"])
+    assert conn.execute("SELECT utm_source, referrer FROM leads").fetchall() == [
+        ("newsletter", "https://news.example/a")
+    ]
+
+
+def test_first_visit_page_matches_the_full_render(app):
+    def without_tokens(html: str) -> str:
+        return re.sub(r'(name="(csrf_token|form_token)" type="hidden" value=")[^"]*', r"\1", html)
+
+    full = app.test_client().get("/").get_data(as_text=True)  # built through Flask
+    fast = app.test_client().get("/").get_data(as_text=True)
+    assert without_tokens(fast) == without_tokens(full)
+    assert app.test_client().head("/").get_data() == b""
+
+
+def test_first_visit_over_https_gets_the_host_prefixed_secure_cookie(settings):
+    settings["HTTPS"] = True
+    app = create_app(settings)
+    app.test_client().get("/", base_url="https://localhost")
+    cookie = app.test_client().get("/", base_url="https://localhost").headers["Set-Cookie"]
+    assert cookie.startswith("__Host-session=") and "Secure" in cookie
