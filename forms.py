@@ -1,5 +1,6 @@
 """The visitor's appointment request form and its one-time token."""
 
+import functools
 import secrets
 import time
 import unicodedata
@@ -38,7 +39,12 @@ def clip(limit: int):
 
 
 def _serializer() -> URLSafeSerializer:
-    return URLSafeSerializer(current_app.secret_key, salt="lead-form")
+    return _serializer_for(current_app.secret_key)
+
+
+@functools.lru_cache(maxsize=8)
+def _serializer_for(secret: str) -> URLSafeSerializer:
+    return URLSafeSerializer(secret, salt="lead-form")
 
 
 def new_form_token(now: float | None = None) -> str:
