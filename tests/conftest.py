@@ -2,6 +2,7 @@
 
 import re
 import socket
+import sqlite3
 import threading
 import time
 from email import message_from_bytes, policy
@@ -82,6 +83,29 @@ def app(settings):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+def rows(app, sql: str, params=()) -> list[dict]:
+    """Rows the site stored, read with a connection of the test's own."""
+    conn = sqlite3.connect(app.config["DATABASE"])
+    conn.row_factory = sqlite3.Row
+    found = [dict(r) for r in conn.execute(sql, params)]
+    conn.commit()
+    conn.close()
+    return found
+
+
+def drain(app, now=None) -> int:
+    """Run one pass of the outbox sender, as the background thread would."""
+    import db
+    import notify
+
+    with app.app_context():
+        database = db.connect(app.config["DATABASE"])
+        try:
+            return notify.drain(database, app.config, now=now)
+        finally:
+            database.close()
 
 
 def form_fields(html: str) -> dict:

@@ -2,24 +2,14 @@
 
 import logging
 import re
-import sqlite3
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import OWNER_PASSWORD, csrf_token, post_lead, sign_in
+from conftest import OWNER_PASSWORD, csrf_token, post_lead, rows, sign_in
 
 from app import create_app
 
 GENERIC = "That username and password do not match. Please try again."
-
-
-def rows(app, sql: str, params=()) -> list[dict]:
-    conn = sqlite3.connect(app.config["DATABASE"])
-    conn.row_factory = sqlite3.Row
-    found = [dict(r) for r in conn.execute(sql, params)]
-    conn.commit()
-    conn.close()
-    return found
 
 
 def create_admin(app, name: str, password: str = OWNER_PASSWORD):

@@ -4,23 +4,13 @@ import csv
 import io
 import os
 import re
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from conftest import post_lead
+from conftest import post_lead, rows
 
 import db
-
-
-def rows(app, sql: str, params=()) -> list[dict]:
-    conn = sqlite3.connect(app.config["DATABASE"])
-    conn.row_factory = sqlite3.Row
-    found = [dict(r) for r in conn.execute(sql, params)]
-    conn.commit()
-    conn.close()
-    return found
 
 
 def add(app, created: datetime | None = None, **fields) -> int:

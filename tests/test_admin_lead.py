@@ -1,32 +1,12 @@
 """A lead's page: every field, status and notes, spam, delete, the delivery log and sending again."""
 
 import re
-import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import csrf_token, post_lead
+from conftest import csrf_token, drain, post_lead, rows
 
-import db
 import notify
-
-
-def rows(app, sql: str, params=()) -> list[dict]:
-    conn = sqlite3.connect(app.config["DATABASE"])
-    conn.row_factory = sqlite3.Row
-    found = [dict(r) for r in conn.execute(sql, params)]
-    conn.commit()
-    conn.close()
-    return found
-
-
-def drain(app, now=None) -> int:
-    with app.app_context():
-        database = db.connect(app.config["DATABASE"])
-        try:
-            return notify.drain(database, app.config, now=now)
-        finally:
-            database.close()
 
 
 def post(client, url: str, data: dict | None = None, form_on: str | None = None):

@@ -1,13 +1,13 @@
 """Speed to lead: one reminder when a request is still new after some working hours."""
 
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from conftest import drain as drain_outbox
+from conftest import rows
 
 import db
-import notify
 import reminders
 
 LA = ZoneInfo("America/Los_Angeles")
@@ -34,20 +34,11 @@ def add_lead(app, created: datetime, **fields) -> int:
 
 
 def drain(app, now: datetime) -> int:
-    with app.app_context():
-        database = db.connect(app.config["DATABASE"])
-        try:
-            return notify.drain(database, app.config, now=now.astimezone(UTC))
-        finally:
-            database.close()
+    return drain_outbox(app, now.astimezone(UTC))
 
 
 def reminder_rows(app) -> list[dict]:
-    conn = sqlite3.connect(app.config["DATABASE"])
-    conn.row_factory = sqlite3.Row
-    found = [dict(r) for r in conn.execute("SELECT * FROM outbox WHERE kind = 'reminder'")]
-    conn.close()
-    return found
+    return rows(app, "SELECT * FROM outbox WHERE kind = 'reminder'")
 
 
 @pytest.mark.parametrize(

@@ -3,25 +3,17 @@
 import sqlite3
 
 import pytest
-from conftest import form_fields, post_lead, valid_lead
+from conftest import form_fields, post_lead, rows, valid_lead
 
 from app import create_app
 
 
 def stored_leads(app) -> list[dict]:
-    conn = sqlite3.connect(app.config["DATABASE"])
-    conn.row_factory = sqlite3.Row
-    rows = [dict(r) for r in conn.execute("SELECT * FROM leads ORDER BY id")]
-    conn.close()
-    return rows
+    return rows(app, "SELECT * FROM leads ORDER BY id")
 
 
 def queued_emails(app) -> list[dict]:
-    conn = sqlite3.connect(app.config["DATABASE"])
-    conn.row_factory = sqlite3.Row
-    rows = [dict(r) for r in conn.execute("SELECT * FROM outbox ORDER BY id")]
-    conn.close()
-    return rows
+    return rows(app, "SELECT * FROM outbox ORDER BY id")
 
 
 def test_valid_request_is_stored_and_thanked_by_name(app, client):

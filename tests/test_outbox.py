@@ -1,41 +1,23 @@
 """The clinic's notification email, delivered from the outbox to a real SMTP server."""
 
 import socket
-import sqlite3
 import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import free_port, post_lead
+from conftest import drain, free_port, post_lead, rows
 
 import db
 import notify
 from app import create_app
 
 
-def drain(app, now=None) -> int:
-    with app.app_context():
-        database = db.connect(app.config["DATABASE"])
-        try:
-            return notify.drain(database, app.config, now=now)
-        finally:
-            database.close()
-
-
 def outbox(app) -> list[dict]:
-    conn = sqlite3.connect(app.config["DATABASE"])
-    conn.row_factory = sqlite3.Row
-    rows = [dict(r) for r in conn.execute("SELECT * FROM outbox ORDER BY id")]
-    conn.close()
-    return rows
+    return rows(app, "SELECT * FROM outbox ORDER BY id")
 
 
 def attempts(app) -> list[dict]:
-    conn = sqlite3.connect(app.config["DATABASE"])
-    conn.row_factory = sqlite3.Row
-    rows = [dict(r) for r in conn.execute("SELECT * FROM email_attempts ORDER BY id")]
-    conn.close()
-    return rows
+    return rows(app, "SELECT * FROM email_attempts ORDER BY id")
 
 
 @pytest.fixture
