@@ -296,10 +296,12 @@ def test_found_and_shared(browser, serve):
         SITE_URL + "/",
         SITE_URL + "/privacy",
     ]
-    for path in ["/thanks", "/no-such-page"]:
-        page.goto(server.url + path)
-        expect(page.locator('meta[name="robots"]')).to_have_attribute("content", "noindex")
-        expect(page.locator('link[rel="canonical"]')).to_have_count(0)
+    page.goto(server.url + "/no-such-page")
+    expect(page.locator('meta[name="robots"]')).to_have_attribute("content", "noindex")
+    expect(page.locator('link[rel="canonical"]')).to_have_count(0)
+    page.goto(server.url + "/thanks")  # indexable: without a request of the visitor's it claims none
+    expect(page.locator('meta[name="robots"]')).to_have_count(0)
+    expect(page.locator('link[rel="canonical"]')).to_have_attribute("href", SITE_URL + "/thanks")
     page.close()
 
 

@@ -34,6 +34,13 @@ def test_valid_request_is_stored_and_thanked_by_name(app, client):
     assert 'href="tel:+19495106333"' in thanks
 
 
+def test_thanks_without_a_request_claims_none(client):
+    html = client.get("/thanks").get_data(as_text=True)
+    assert "We have your request" not in html
+    assert "If you have sent us a request" in html
+    assert 'href="/#book"' in html
+
+
 def test_reloading_thanks_sends_nothing_again(app, client):
     post_lead(client)
     client.get("/thanks")
