@@ -479,7 +479,7 @@ def delete_lead(lead_id: int):
     """Delete a lead, its notes and its emails (a privacy request)."""
     lead_or_404(lead_id)
     database = db.get_db()
-    mail_files = [eml_path(e) for e in db.emails_for_lead(database, lead_id)]
+    mail_files = [notify.eml_path(e["message_id"], current_app.config) for e in db.emails_for_lead(database, lead_id)]
     db.delete_lead(database, lead_id)
     for path in mail_files:
         path.unlink(missing_ok=True)
@@ -487,12 +487,6 @@ def delete_lead(lead_id: int):
     log.info("lead %s deleted by admin %s", lead_id, g.account["id"])
     flash(f"Request #{lead_id} and its emails are deleted.")
     return redirect(url_for("admin.inbox"), 303)
-
-
-def eml_path(email: dict) -> Path:
-    """Where notify.deliver wrote this email when no mail server was set."""
-    name = email["message_id"].strip("<>").replace("@", "_").replace("/", "_")
-    return Path(current_app.config["DATA_DIR"]) / "mail" / f"{name}.eml"
 
 
 @bp.post("/emails/<int:email_id>/resend")

@@ -81,12 +81,16 @@ def open_smtp(state, timeout: float) -> smtplib.SMTP:
     return host
 
 
+def eml_path(message_id: str, config: dict) -> Path:
+    """Where the email with `message_id` is kept as a file when no mail server is set."""
+    name = message_id.strip("<>").replace("@", "_").replace("/", "_")
+    return Path(config["DATA_DIR"]) / "mail" / f"{name}.eml"
+
+
 def write_eml(message: Message, config: dict) -> str:
     """Keep the message as a file under data/mail/ (no mail server set); say where."""
-    folder = Path(config["DATA_DIR"]) / "mail"
-    folder.mkdir(exist_ok=True)
-    name = message.msgId.strip("<>").replace("@", "_").replace("/", "_")
-    path = folder / f"{name}.eml"
+    path = eml_path(message.msgId, config)
+    path.parent.mkdir(exist_ok=True)
     path.write_bytes(message.as_bytes())
     return f"written to {path}"
 
