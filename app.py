@@ -1,6 +1,5 @@
 """The clinic's lead site: the app factory and the public pages."""
 
-import hashlib
 import logging
 import sqlite3
 import time
@@ -82,12 +81,8 @@ def register_templates(app: Flask) -> None:
 
 def static_url(filename: str) -> str:
     """URL of a static file with a content hash, so it can be cached for a year."""
-    hashes = current_app.extensions.setdefault("static_hashes", {})
-    if filename not in hashes:
-        path = f"{current_app.static_folder}/{filename}"
-        with open(path, "rb") as f:
-            hashes[filename] = hashlib.sha256(f.read()).hexdigest()[:12]
-    return url_for("static", filename=filename, v=hashes[filename])
+    asset = serving.load_asset(f"{current_app.static_folder}/{filename}")
+    return url_for("static", filename=filename, v=asset.hash[:12])
 
 
 def format_local(iso: str | None, zone: ZoneInfo) -> str:
