@@ -34,7 +34,7 @@ bp = Blueprint("public", __name__)
 
 
 def create_app(overrides: dict | None = None) -> Flask:
-    """Build the site: settings, database, extensions, pages, error pages, email sender."""
+    """Build the site: settings, database, extensions, pages, error pages."""
     app = Flask(__name__)
     settings = config.from_env()
     settings.update(overrides or {})
@@ -50,8 +50,22 @@ def create_app(overrides: dict | None = None) -> Flask:
     register_error_pages(app)
     serving.init_app(app)
     notify.init_app(app)
-    app.extensions["outbox_stop"] = notify.start_worker(app)
     return app
+
+
+def start_background(app: Flask) -> None:
+    """Start a server process's background threads (gunicorn's post_worker_init hook calls this).
+
+    Only server processes send email: a `flask` command run from a shell or cron never does.
+    """
+    app.extensions["outbox_stop"] = notify.start_worker(app)
+
+
+def stop_background(app: Flask) -> None:
+    """Ask the background threads to stop after what they are doing (gunicorn's worker_exit hook)."""
+    stop = app.extensions.get("outbox_stop")
+    if stop is not None:
+        stop.set()
 
 
 def register_templates(app: Flask) -> None:

@@ -32,3 +32,17 @@ def when_ready(server):
     for listener in server.LISTENERS:
         listener.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
         listener.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+
+
+def post_worker_init(worker):
+    """Each worker, once it has loaded the app, starts its background threads (email sender)."""
+    from app import start_background
+
+    start_background(worker.wsgi)
+
+
+def worker_exit(server, worker):
+    """A worker that shuts down stops its background threads after their current step."""
+    from app import stop_background
+
+    stop_background(worker.wsgi)

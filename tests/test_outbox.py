@@ -9,7 +9,7 @@ from conftest import drain, free_port, post_lead, rows
 
 import db
 import notify
-from app import create_app
+from app import create_app, start_background, stop_background
 
 
 def outbox(app) -> list[dict]:
@@ -214,12 +214,13 @@ def test_an_email_claimed_by_a_dead_sender_is_sent_later(mail_app, smtp):
 def test_background_sender_delivers_without_anyone_waiting(settings, smtp):
     settings.update(MAIL_SERVER="127.0.0.1", MAIL_PORT=smtp.port, OUTBOX_WORKER=True)
     app = create_app(settings)
+    start_background(app)
     try:
         assert post_lead(app.test_client()).status_code == 303
         assert smtp.arrived.wait(10)
         assert smtp.messages[0]["Subject"] == "New appointment request: Jane Doe"
     finally:
-        app.extensions["outbox_stop"].set()
+        stop_background(app)
         notify.wake.set()
 
 
