@@ -1,0 +1,77 @@
+"""Command-line tasks: `flask --app app create-admin USERNAME` and `flask --app app purge-leads`."""
+
+import re
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+from werkzeug.security import generate_password_hash
+
+import db
+from admin import stamp
+
+USERNAME = re.compile(r"[a-z0-9][a-z0-9._@-]{0,63}")
+PASSWORD_MIN = 10
+
+
+@click.command("create-admin")
+@click.argument("username")
+@with_appcontext
+def create_admin_command(username: str) -> None:
+    """Create an admin account, or reset its password (which signs out its sessions)."""
+    name = username.strip().lower()
+    if not USERNAME.fullmatch(name):
+        raise click.BadParameter("use up to 64 letters, digits and . _ @ -, starting with a letter or digit")
+    if sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < PASSWORD_MIN:
+        raise click.ClickException(f"Please choose a password of at least {PASSWORD_MIN} characters.")
+    database = db.connect(current_app.config["DATABASE"])
+    try:
+        created = db.set_password(database, name, generate_password_hash(password), db.utcnow())
+        action = "account created" if created else "password reset"
+        db.audit(database, "command line", action, db.utcnow(), detail=name)
+    finally:
+        database.close()
+    if created:
+        click.echo(f"Account {name!r} created. Sign in at {current_app.config['SITE_URL']}/admin/login")
+    else:
+        click.echo(f"Password of {name!r} changed; its open sessions are signed out.")
+
+
+@click.command("purge-leads")
+@click.option(
+    "--older-than",
+    "days",
+    metavar="DAYS",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Delete leads received more than DAYS days ago (default: LEAD_RETENTION_DAYS).",
+)
+@with_appcontext
+def purge_leads_command(days: int | None) -> None:
+    """Delete old leads with their notes and emails, and say how many."""
+    days = days or current_app.config["LEAD_RETENTION_DAYS"]
+    before = datetime.now(UTC) - timedelta(days=days)
+    database = db.connect(current_app.config["DATABASE"])
+    try:
+        count = db.purge_leads(database, stamp(before))
+        db.audit(database, "command line", "purged leads", db.utcnow(), detail=f"{count} older than {days} days")
+    finally:
+        database.close()
+    # Without a mail server, emails were written as files: those as old go too.
+    files = [
+        p
+        for p in (Path(current_app.config["DATA_DIR"]) / "mail").glob("*.eml")
+        if p.stat().st_mtime < before.timestamp()
+    ]
+    for path in files:
+        path.unlink(missing_ok=True)
+    click.echo(f"Deleted {count} lead(s) received more than {days} days ago, with their notes and emails.")
+    if files:
+        click.echo(f"Deleted {len(files)} email file(s) as old from {Path(current_app.config['DATA_DIR']) / 'mail'}.")

@@ -1,0 +1,104 @@
+"""One lead: its fields, emails and notes; status, spam, delete, resend."""
+
+from email.utils import make_msgid
+
+from flask import abort, current_app, flash, g, redirect, render_template, request, url_for
+
+import db
+import notify
+from admin import audit, bp, log
+from forms import STATUS_LABELS, LeadUpdateForm
+
+
+def lead_or_404(lead_id: int) -> dict:
+    lead = db.get_lead(db.get_db(), lead_id)
+    if lead is None:
+        abort(404)
+    return lead
+
+
+def render_lead(lead: dict, form: LeadUpdateForm, status: int = 200):
+    database = db.get_db()
+    emails = [
+        {**e, "attempts_log": db.email_attempts(database, e["id"])} for e in db.emails_for_lead(database, lead["id"])
+    ]
+    notes = db.notes_for_lead(database, lead["id"])
+    page = render_template("admin/lead.html", lead=lead, form=form, emails=emails, notes=notes, labels=STATUS_LABELS)
+    return page, status
+
+
+@bp.get("/leads/<int:lead_id>")
+def lead_detail(lead_id: int):
+    """Every field of one lead, its email's delivery log, notes, and what can be done with it."""
+    lead = lead_or_404(lead_id)
+    return render_lead(lead, LeadUpdateForm(status=lead["status"]))
+
+
+@bp.post("/leads/<int:lead_id>")
+def update_lead(lead_id: int):
+    """Change a lead's status and/or add a note."""
+    lead = lead_or_404(lead_id)
+    form = LeadUpdateForm()
+    if not form.validate():
+        return render_lead(lead, form, 422)
+    database, now, done = db.get_db(), db.utcnow(), []
+    if form.status.data != lead["status"]:
+        db.set_status(database, lead_id, form.status.data, now)
+        audit("status changed", lead_id, f"{lead['status']} → {form.status.data}")
+        done.append(f"marked {STATUS_LABELS[form.status.data].lower()}")
+    if form.note.data:
+        db.add_note(database, lead_id, g.account["username"], form.note.data, now)
+        audit("note added", lead_id)
+        done.append("note added")
+    flash(f"Saved: {', '.join(done)}." if done else "Nothing to change.")
+    return redirect(url_for("admin.lead_detail", lead_id=lead_id), 303)
+
+
+@bp.post("/leads/<int:lead_id>/spam")
+def mark_spam(lead_id: int):
+    """Mark a lead as spam, or as not spam (it goes back to new)."""
+    lead = lead_or_404(lead_id)
+    status = "spam" if request.form.get("spam") == "1" else "new"
+    db.set_status(db.get_db(), lead_id, status, db.utcnow())
+    audit("status changed", lead_id, f"{lead['status']} → {status}")
+    flash(
+        "Marked as spam: it is hidden from the inbox." if status == "spam" else "Marked as not spam: it is new again."
+    )
+    return redirect(url_for("admin.lead_detail", lead_id=lead_id), 303)
+
+
+@bp.get("/leads/<int:lead_id>/delete")
+def confirm_delete(lead_id: int):
+    """Ask before deleting a lead for good."""
+    return render_template("admin/delete.html", lead=lead_or_404(lead_id))
+
+
+@bp.post("/leads/<int:lead_id>/delete")
+def delete_lead(lead_id: int):
+    """Delete a lead, its notes and its emails (a privacy request)."""
+    lead_or_404(lead_id)
+    database = db.get_db()
+    mail_files = [notify.eml_path(e["message_id"], current_app.config) for e in db.emails_for_lead(database, lead_id)]
+    db.delete_lead(database, lead_id)
+    for path in mail_files:
+        path.unlink(missing_ok=True)
+    audit("deleted lead", lead_id)
+    log.info("lead %s deleted by admin %s", lead_id, g.account["id"])
+    flash(f"Request #{lead_id} and its emails are deleted.")
+    return redirect(url_for("admin.inbox"), 303)
+
+
+@bp.post("/emails/<int:email_id>/resend")
+def resend_email(email_id: int):
+    """Send an email again through the outbox."""
+    database = db.get_db()
+    email = db.get_email(database, email_id)
+    if email is None:
+        abort(404)
+    db.resend_email(database, email_id, make_msgid(domain="clinic-site"), db.utcnow())
+    notify.wake.set()
+    audit("email sent again", email["lead_id"], f"email #{email_id}")
+    flash("The email is queued to be sent again. Its delivery shows below in a moment.")
+    if email["lead_id"] and db.get_lead(database, email["lead_id"]):
+        return redirect(url_for("admin.lead_detail", lead_id=email["lead_id"]), 303)
+    return redirect(url_for("admin.status"), 303)

@@ -1,0 +1,39 @@
+"""Email status and the audit log."""
+
+from pathlib import Path
+
+from flask import current_app, flash, g, redirect, render_template, url_for
+
+import db
+import notify
+import reminders
+from admin import audit, bp
+
+
+@bp.get("/status")
+def status():
+    """Is email working: settings, last delivery, emails in trouble, the test button, the audit log."""
+    cfg = current_app.config
+    database = db.get_db()
+    opens, closes = cfg["WORK_HOURS"]
+    return render_template(
+        "admin/status.html",
+        health=db.email_health(database),
+        mail_server=f"{cfg['MAIL_SERVER']}:{cfg['MAIL_PORT']}" if cfg["MAIL_SERVER"] else None,
+        mail_folder=Path(cfg["DATA_DIR"]) / "mail",
+        clinic_email=cfg["CLINIC_EMAIL"],
+        reminder_hours=cfg["REMINDER_AFTER_HOURS"],
+        work_hours=f"{cfg['CLINIC_DAYS']}, {opens // 60:02d}:{opens % 60:02d}–{closes // 60:02d}:{closes % 60:02d}",
+        audit_log=db.recent_audit(database),
+    )
+
+
+@bp.post("/status/test-email")
+def send_test_email():
+    """Queue a test email to the clinic's mailbox."""
+    email = reminders.check_email(g.account["username"], current_app.config)
+    db.enqueue_email(db.get_db(), email, db.utcnow())
+    notify.wake.set()
+    audit("test email queued")
+    flash(f"A test email is on its way to {current_app.config['CLINIC_EMAIL']}. Reload this page to see it arrive.")
+    return redirect(url_for("admin.status"), 303)
