@@ -417,7 +417,14 @@ def recent_audit(db: Database, limit: int = 100) -> list[dict]:
 
 # Admin: the inbox
 
-LEAD_STATUSES = ("new", "contacted", "booked", "not_interested", "spam")
+# Every status a lead can have, in the order the admin shows them, with the label the owner reads.
+LEAD_STATUSES = {
+    "new": "New",
+    "contacted": "Contacted",
+    "booked": "Booked",
+    "not_interested": "Not interested",
+    "spam": "Spam",
+}
 
 
 def like_pattern(text: str) -> str:

@@ -15,6 +15,8 @@ from wtforms import EmailField, HiddenField, PasswordField, SelectField, StringF
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length, ValidationError
 
+from db import LEAD_STATUSES
+
 MESSAGE_MAX = 2000
 NOTE_MAX = 2000
 TIMES = [
@@ -162,19 +164,10 @@ class LoginForm(FlaskForm):
     password = PasswordField("Password", validators=[DataRequired("Please enter your password."), Length(max=1024)])
 
 
-STATUS_LABELS = {
-    "new": "New",
-    "contacted": "Contacted",
-    "booked": "Booked",
-    "not_interested": "Not interested",
-    "spam": "Spam",
-}
-
-
 class LeadUpdateForm(FlaskForm):
     """A lead's new status and an optional note about it."""
 
-    status = SelectField("Status", choices=[SelectChoice(value, label) for value, label in STATUS_LABELS.items()])
+    status = SelectField("Status", choices=[SelectChoice(value, label) for value, label in LEAD_STATUSES.items()])
     note = TextAreaField(
         "Add a note (optional)",
         filters=[clean_text],

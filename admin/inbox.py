@@ -10,7 +10,6 @@ from flask import Response, render_template, request, stream_with_context
 
 import db
 from admin import audit, bp, clinic_zone, stamp
-from forms import STATUS_LABELS
 
 PAGE_SIZE = 25
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -34,7 +33,7 @@ def read_filters(args) -> dict:
     """The inbox filter from the query string, with anything unusable dropped."""
     status = args.get("status", "")
     filters = {
-        "status": status if status in STATUS_LABELS else "",
+        "status": status if status in db.LEAD_STATUSES else "",
         "q": args.get("q", "").strip()[:200],
         "from": "",
         "to": "",
@@ -118,7 +117,7 @@ def inbox():
         current={k: v for k, v in filters.items() if v},
         page=page,
         pages=pages,
-        labels=STATUS_LABELS,
+        labels=db.LEAD_STATUSES,
         chart=dashboard(datetime.now(UTC)),
         periods=periods(datetime.now(UTC)),
         health=db.email_health(database),
@@ -144,7 +143,7 @@ def export_csv():
             buffer.truncate()
             lead = {**lead, "created_at": datetime.fromisoformat(lead["created_at"]).astimezone(zone)}
             lead["created_at"] = lead["created_at"].strftime("%Y-%m-%d %H:%M")
-            lead["status"] = STATUS_LABELS.get(lead["status"], lead["status"])
+            lead["status"] = db.LEAD_STATUSES.get(lead["status"], lead["status"])
             writer.writerow([csv_cell(lead[key]) for _, key in CSV_COLUMNS])
             yield buffer.getvalue()
 

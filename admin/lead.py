@@ -7,7 +7,7 @@ from flask import abort, current_app, flash, g, redirect, render_template, reque
 import db
 import notify
 from admin import audit, bp, log
-from forms import STATUS_LABELS, LeadUpdateForm
+from forms import LeadUpdateForm
 
 
 def lead_or_404(lead_id: int) -> dict:
@@ -23,7 +23,7 @@ def render_lead(lead: dict, form: LeadUpdateForm, status: int = 200):
         {**e, "attempts_log": db.email_attempts(database, e["id"])} for e in db.emails_for_lead(database, lead["id"])
     ]
     notes = db.notes_for_lead(database, lead["id"])
-    page = render_template("admin/lead.html", lead=lead, form=form, emails=emails, notes=notes, labels=STATUS_LABELS)
+    page = render_template("admin/lead.html", lead=lead, form=form, emails=emails, notes=notes, labels=db.LEAD_STATUSES)
     return page, status
 
 
@@ -45,7 +45,7 @@ def update_lead(lead_id: int):
     if form.status.data != lead["status"]:
         db.set_status(database, lead_id, form.status.data, now)
         audit("status changed", lead_id, f"{lead['status']} → {form.status.data}")
-        done.append(f"marked {STATUS_LABELS[form.status.data].lower()}")
+        done.append(f"marked {db.LEAD_STATUSES[form.status.data].lower()}")
     if form.note.data:
         db.add_note(database, lead_id, g.account["username"], form.note.data, now)
         audit("note added", lead_id)
