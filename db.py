@@ -313,6 +313,12 @@ def m002_admin(db: Database) -> None:
     db.table("leads").create_index(["status", "created_at"])
 
 
+@migrations()
+def m003_admin_session_browser(db: Database) -> None:
+    """The short name of the browser each admin session signed in from ("Safari on iPhone")."""
+    db.table("admin_sessions").add_column("browser", str)
+
+
 def get_account(db: Database, username: str) -> dict | None:
     """Return the account with this username, or None."""
     rows = list(db.query("SELECT * FROM accounts WHERE username = ?", [username]))
@@ -340,26 +346,46 @@ def set_password(db: Database, username: str, password_hash: str, now: str) -> b
         return False
 
 
-def start_session(db: Database, session_hash: str, account_id: int, address: str, now: str) -> None:
-    """Record a new signed-in session under the hash of its id."""
+def start_session(db: Database, session_hash: str, account_id: int, address: str, browser: str, now: str) -> None:
+    """Record a new signed-in session under the hash of its id, with the browser's short name."""
     with write(db):
         db.table("admin_sessions").insert(
-            {"id": session_hash, "account_id": account_id, "created_at": now, "last_seen_at": now, "address": address}
+            {
+                "id": session_hash,
+                "account_id": account_id,
+                "created_at": now,
+                "last_seen_at": now,
+                "address": address,
+                "browser": browser,
+            }
         )
 
 
-def session_account(db: Database, session_hash: str, idle_before: str) -> dict | None:
-    """Return the session joined with its account's name, unless it is unknown or idle since `idle_before`."""
+def session_account(db: Database, session_hash: str, idle_before: str, started_before: str) -> dict | None:
+    """Return the session joined with its account's name, unless unknown, idle since `idle_before` or too old."""
     rows = list(
         db.query(
             """
         SELECT s.id AS session_id, s.last_seen_at, a.id, a.username FROM admin_sessions s
-        JOIN accounts a ON a.id = s.account_id WHERE s.id = ? AND s.last_seen_at >= ?
+        JOIN accounts a ON a.id = s.account_id WHERE s.id = ? AND s.last_seen_at >= ? AND s.created_at >= ?
         """,
-            [session_hash, idle_before],
+            [session_hash, idle_before, started_before],
         )
     )
     return rows[0] if rows else None
+
+
+def sessions_of_account(db: Database, account_id: int, idle_before: str, started_before: str) -> list[dict]:
+    """Return an account's live sessions, the most recently used first."""
+    return list(
+        db.query(
+            """
+        SELECT id AS session_id, created_at, last_seen_at, address, browser FROM admin_sessions
+        WHERE account_id = ? AND last_seen_at >= ? AND created_at >= ? ORDER BY last_seen_at DESC, created_at DESC
+        """,
+            [account_id, idle_before, started_before],
+        )
+    )
 
 
 def touch_session(db: Database, session_hash: str, now: str) -> None:
@@ -374,24 +400,42 @@ def end_session(db: Database, session_hash: str) -> None:
         db.execute("DELETE FROM admin_sessions WHERE id = ?", [session_hash])
 
 
-def end_idle_sessions(db: Database, idle_before: str) -> None:
-    """Forget every session idle since before `idle_before`."""
+def end_account_sessions(db: Database, account_id: int) -> int:
+    """Forget every session of an account (sign out everywhere); return how many there were."""
     with write(db):
-        db.execute("DELETE FROM admin_sessions WHERE last_seen_at < ?", [idle_before])
+        return db.execute("DELETE FROM admin_sessions WHERE account_id = ?", [account_id]).rowcount
 
 
-def add_login_failure(db: Database, keys: list[str], now: str, forget_before: str) -> None:
-    """Record one failed sign-in under each key (account, address); drop records too old to count."""
+def end_expired_sessions(db: Database, idle_before: str, started_before: str) -> None:
+    """Forget every session idle since before `idle_before` or started before `started_before`."""
     with write(db):
-        db.execute("DELETE FROM login_failures WHERE at < ?", [forget_before])
-        db.table("login_failures").insert_all({"key": key, "at": now} for key in keys)
+        db.execute("DELETE FROM admin_sessions WHERE last_seen_at < ? OR created_at < ?", [idle_before, started_before])
 
 
-def login_failures_since(db: Database, key: str, since: str) -> list[str]:
-    """Return the times of failed sign-ins under `key` since `since`, oldest first."""
-    return [
-        r["at"] for r in db.query("SELECT at FROM login_failures WHERE key = ? AND at >= ? ORDER BY at", [key, since])
-    ]
+def add_sign_in_attempt(db: Database, limits: dict[str, int], since: str, now: str) -> tuple[list[int], str | None]:
+    """Count a sign-in attempt as a failure under every key unless one already has its limit of them since `since`.
+
+    The check and the record are one BEGIN IMMEDIATE transaction, so parallel attempts cannot all pass
+    the check before any is recorded. Returns the new rows' ids (undo them with `forget_sign_in_attempt`
+    when the password matches), or no ids and the time of the oldest failure that keeps the key paused.
+    """
+    with write(db):
+        db.execute("DELETE FROM login_failures WHERE at < ?", [since])
+        for key, limit in limits.items():
+            failures = [
+                r["at"]
+                for r in db.query("SELECT at FROM login_failures WHERE key = ? AND at >= ? ORDER BY at", [key, since])
+            ]
+            if len(failures) >= limit:
+                return [], failures[-limit]
+        table = db.table("login_failures")
+        return [table.insert({"key": key, "at": now}).last_pk for key in limits], None
+
+
+def forget_sign_in_attempt(db: Database, attempt_ids: list[int]) -> None:
+    """Remove an attempt's failure rows: the password matched, or it was never checked."""
+    with write(db):
+        db.execute(f"DELETE FROM login_failures WHERE id IN ({', '.join('?' * len(attempt_ids))})", attempt_ids)
 
 
 def clear_login_failures(db: Database, key: str) -> None:

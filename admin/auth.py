@@ -4,6 +4,7 @@ import functools
 import hashlib
 import math
 import secrets
+import threading
 import unicodedata
 from datetime import UTC, datetime, timedelta
 from urllib.parse import unquote, urlsplit
@@ -23,12 +24,19 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 import db
 from admin import audit, bp, log, stamp
-from extensions import client_address
+from admin.devices import browser_name, known_device, remember_device
+from extensions import client_address, limiter
 from forms import LoginForm
 
 OPEN_ENDPOINTS = {"admin.login"}
 DATA_ENDPOINTS = {"admin.export_csv"}  # answer 401 rather than a redirect to a page
 ADDRESS_FAILURE_FACTOR = 4  # an address may fail this many times more than one account
+DEVICE_MAX_FAILURES = 3  # a browser that signed in before may fail this often (at most LOGIN_MAX_FAILURES)
+# Each password check takes about 0.1 s of CPU and 32 MiB (scrypt): a couple at once per process at most,
+# and a sign-in that cannot get a turn soon is refused rather than left holding a server thread.
+HASH_SLOTS_MAX = 2
+HASH_SLOTS = threading.BoundedSemaphore(HASH_SLOTS_MAX)
+HASH_WAIT_SECONDS = 2
 TOUCH_EVERY = timedelta(minutes=1)
 
 
@@ -43,8 +51,7 @@ def signed_in_account(now: datetime) -> dict | None:
     if not isinstance(sid, str):
         return None
     database = db.get_db()
-    idle_before = stamp(now - timedelta(minutes=current_app.config["ADMIN_IDLE_MINUTES"]))
-    account = db.session_account(database, session_hash(sid), idle_before)
+    account = db.session_account(database, session_hash(sid), *session_limits(now))
     if account is None:
         session.pop("admin_sid")
         flash("Your session has ended. Please sign in again.")
@@ -100,22 +107,50 @@ def dummy_hash() -> str:
     return generate_password_hash(secrets.token_hex(16))
 
 
-def lock_minutes_left(username: str, address: str, now: datetime) -> int:
-    """Minutes until sign-in opens again for this account or address; 0 when it is open."""
+def session_limits(now: datetime) -> tuple[str, str]:
+    """(idle_before, started_before): a session last used before the first or started before the second has ended."""
     cfg = current_app.config
+    idle_before = now - timedelta(minutes=cfg["ADMIN_IDLE_MINUTES"])
+    return stamp(idle_before), stamp(now - timedelta(hours=cfg["ADMIN_SESSION_HOURS"]))
+
+
+def live_sessions(account: dict, now: datetime) -> list[dict]:
+    """The account's sessions that are still open, the most recently used first."""
+    return db.sessions_of_account(db.get_db(), account["id"], *session_limits(now))
+
+
+def add_attempt(username: str, device: str | None, now: datetime) -> tuple[list[int], int]:
+    """Count this attempt as a failure before its password is checked: (its rows, 0), or ([], minutes paused).
+
+    A known browser counts against its own limit only; any other against the account's and its network's.
+    """
+    cfg = current_app.config
+    most = cfg["LOGIN_MAX_FAILURES"]
+    if device:
+        limits = {f"device:{device}": min(DEVICE_MAX_FAILURES, most)}
+    else:
+        limits = {f"account:{username}": most, f"address:{client_address()}": most * ADDRESS_FAILURE_FACTOR}
     window = timedelta(minutes=cfg["LOGIN_LOCK_MINUTES"])
-    limits = [(f"account:{username}", cfg["LOGIN_MAX_FAILURES"])]
-    limits.append((f"address:{address}", cfg["LOGIN_MAX_FAILURES"] * ADDRESS_FAILURE_FACTOR))
-    for key, limit in limits:
-        failures = db.login_failures_since(db.get_db(), key, stamp(now - window))
-        if len(failures) >= limit:
-            # Open again once the oldest failure that still counts leaves the window.
-            opens = datetime.fromisoformat(failures[-limit]) + window
-            return max(1, math.ceil((opens - now).total_seconds() / 60))
-    return 0
+    ids, oldest = db.add_sign_in_attempt(db.get_db(), limits, stamp(now - window), stamp(now))
+    if oldest is None:
+        return ids, 0
+    # Open again once the oldest failure that still counts leaves the window.
+    opens = datetime.fromisoformat(oldest) + window
+    return [], max(1, math.ceil((opens - now).total_seconds() / 60))
+
+
+def password_matches(account: dict | None, password: str) -> bool | None:
+    """Check a password (against a dummy hash for an unknown name); None when too many checks are running."""
+    if not HASH_SLOTS.acquire(timeout=HASH_WAIT_SECONDS):
+        return None
+    try:
+        return check_password_hash(account["password_hash"] if account else dummy_hash(), password)
+    finally:
+        HASH_SLOTS.release()
 
 
 @bp.route("/login", methods=["GET", "POST"])
+@limiter.limit(lambda: current_app.config["LOGIN_RATE_LIMIT"], methods=["POST"], exempt_when=known_device)
 def login():
     """The sign-in form; one generic message for any wrong name or password."""
     target = safe_next(request.args.get("next"))
@@ -127,41 +162,50 @@ def login():
         status = 422
     if form.validate_on_submit():
         now = datetime.now(UTC)
-        username, address = form.username.data, client_address()
-        wait = lock_minutes_left(username, address, now)
+        username, device = form.username.data, known_device(form.username.data)
+        attempt, wait = add_attempt(username, device, now)
         if wait:
+            where = "in this browser" if device else "for this account or from this address"
             message = (
-                "Too many failed sign-ins for this account or from this address, so sign-in is paused. "
+                f"Too many failed sign-ins {where}, so sign-in is paused. "
                 f"Please try again in {wait} minute{'s' if wait != 1 else ''}."
             )
             return render_template("admin/login.html", form=form, message=message, target=target), 429
         database = db.get_db()
         account = db.get_account(database, username)
-        matches = check_password_hash(account["password_hash"] if account else dummy_hash(), form.password.data)
+        matches = password_matches(account, form.password.data)
+        if matches is None:
+            db.forget_sign_in_attempt(database, attempt)
+            log.warning("admin sign-in refused: %s password checks already running", HASH_SLOTS_MAX)
+            message = "Many sign-ins are being checked right now. Please try again in a few seconds."
+            page = render_template("admin/login.html", form=form, message=message, target=target)
+            return page, 503, {"Retry-After": "5"}
         if account and matches:
+            db.forget_sign_in_attempt(database, attempt)
+            if not device:
+                db.clear_login_failures(database, f"account:{username}")
             return start_session(account, target, now)
-        window = timedelta(minutes=current_app.config["LOGIN_LOCK_MINUTES"])
-        db.add_login_failure(database, [f"account:{username}", f"address:{address}"], stamp(now), stamp(now - window))
         audit("sign-in failed", actor=username if account else "(unknown name)")
-        log.warning("failed admin sign-in from %s", address)
+        log.warning("failed admin sign-in from %s", client_address())
         message, status = "That username and password do not match. Please try again.", 401
     return render_template("admin/login.html", form=form, message=message, target=target), status
 
 
 def start_session(account: dict, target: str, now: datetime):
-    """Sign in: a brand-new session id (no fixation), recorded on the server."""
+    """Sign in: a brand-new session id (no fixation), recorded on the server; the browser becomes a known one."""
     database = db.get_db()
     session.clear()
     sid = secrets.token_urlsafe(32)
-    db.start_session(database, session_hash(sid), account["id"], client_address(), stamp(now))
-    db.clear_login_failures(database, f"account:{account['username']}")
-    idle = timedelta(minutes=current_app.config["ADMIN_IDLE_MINUTES"])
-    db.end_idle_sessions(database, stamp(now - idle))
+    browser = browser_name(request.user_agent.string)
+    db.start_session(database, session_hash(sid), account["id"], client_address(), browser, stamp(now))
+    db.end_expired_sessions(database, *session_limits(now))
     session["admin_sid"] = sid
     g.account = account
     audit("signed in")
     log.info("admin %s signed in", account["id"])
-    return redirect(target, 303)
+    response = redirect(target, 303)
+    remember_device(response, account["username"])
+    return response
 
 
 @bp.post("/logout")
@@ -171,4 +215,14 @@ def logout():
     db.end_session(db.get_db(), g.account["session_id"])
     session.clear()
     flash("You are signed out.")
+    return redirect(url_for("admin.login"), 303)
+
+
+@bp.post("/sessions/end-all")
+def sign_out_everywhere():
+    """End every session of this account, this one included, so a lost phone or a shared computer opens nothing."""
+    audit("signed out everywhere")
+    count = db.end_account_sessions(db.get_db(), g.account["id"])
+    session.clear()
+    flash(f"You are signed out everywhere: {count} session{'s' if count != 1 else ''} ended.")
     return redirect(url_for("admin.login"), 303)

@@ -14,7 +14,7 @@ import db
 from admin import stamp
 
 USERNAME = re.compile(r"[a-z0-9][a-z0-9._@-]{0,63}")
-PASSWORD_MIN = 10
+PASSWORD_MIN = 12
 
 
 @click.command("create-admin")

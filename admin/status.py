@@ -1,5 +1,6 @@
 """Email status and the audit log."""
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 from flask import current_app, flash, g, redirect, render_template, url_for
@@ -8,11 +9,12 @@ import db
 import notify
 import reminders
 from admin import audit, bp
+from admin.auth import live_sessions
 
 
 @bp.get("/status")
 def status():
-    """Is email working: settings, last delivery, emails in trouble, the test button, the audit log."""
+    """Is email working: settings, last delivery, emails in trouble, the test button; open sessions; the audit log."""
     cfg = current_app.config
     database = db.get_db()
     opens, closes = cfg["WORK_HOURS"]
@@ -25,6 +27,7 @@ def status():
         reminder_hours=cfg["REMINDER_AFTER_HOURS"],
         work_hours=f"{cfg['CLINIC_DAYS']}, {opens // 60:02d}:{opens % 60:02d}–{closes // 60:02d}:{closes % 60:02d}",
         audit_log=db.recent_audit(database),
+        sessions=live_sessions(g.account, datetime.now(UTC)),
     )
 
 

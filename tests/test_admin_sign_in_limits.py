@@ -1,0 +1,178 @@
+"""What guessing costs: failures counted atomically, known browsers not locked out by strangers,
+attempts limited per network, and only a couple of password checks at once."""
+
+import re
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from conftest import OWNER_PASSWORD, csrf_token, rows, sign_in
+from test_admin_live import create_admin as create_admin_on
+
+from admin import auth
+from admin.devices import DEVICE_COOKIE
+from app import create_app
+
+ROOT = Path(__file__).resolve().parent.parent
+NO_MATCH = "That username and password do not match"
+PAUSED = "so sign-in is paused"
+
+
+@pytest.fixture
+def app(settings):
+    """The site with the per-network attempt limit out of the way, so the failure limits are what is seen."""
+    app = create_app(settings | {"LOGIN_RATE_LIMIT": "1000 per minute"})
+    for name, password in [("owner", OWNER_PASSWORD), ("deskperson", "front desk secret")]:
+        result = app.test_cli_runner().invoke(args=["create-admin", name], input=password + "\n")
+        assert result.exit_code == 0, result.output
+    return app
+
+
+def known_browser(app, name: str = "owner", password: str = OWNER_PASSWORD):
+    """A browser that signed in once (so it holds a device cookie) and signed out again."""
+    client = app.test_client()
+    assert sign_in(client, name, password).status_code == 303
+    assert client.get_cookie(DEVICE_COOKIE, path="/admin/login") is not None
+    page = client.get("/admin").get_data(as_text=True)
+    assert client.post("/admin/logout", data={"csrf_token": csrf_token(page)}).status_code == 303
+    return client
+
+
+def fail(client, times: int, name: str = "owner") -> list[int]:
+    return [sign_in(client, name, "not the password").status_code for _ in range(times)]
+
+
+def test_a_stranger_cannot_lock_the_owner_out_of_a_known_browser(app):
+    most = app.config["LOGIN_MAX_FAILURES"]
+    owners_phone = known_browser(app)
+    attacker = app.test_client()
+    assert fail(attacker, most + 2) == [401] * most + [429, 429]
+    # A browser that never signed in is paused, even with the right password...
+    fresh = sign_in(app.test_client())
+    assert fresh.status_code == 429
+    assert "Too many failed sign-ins for this account" in fresh.get_data(as_text=True)
+    # ...but the owner's own browser is not.
+    assert sign_in(owners_phone).status_code == 303
+    assert owners_phone.get("/admin").status_code == 200
+    # And its success does not reopen the account for strangers.
+    assert sign_in(app.test_client()).status_code == 429
+
+
+def test_a_known_browser_has_its_own_smaller_limit(app):
+    most = app.config["LOGIN_MAX_FAILURES"]
+    own = auth.DEVICE_MAX_FAILURES
+    assert own < most
+    owners_laptop = known_browser(app)
+    assert fail(owners_laptop, own) == [401] * own
+    paused = sign_in(owners_laptop)
+    assert paused.status_code == 429
+    assert "Too many failed sign-ins in this browser" in paused.get_data(as_text=True)
+    # Its failures are its own: the account is not paused for other browsers.
+    assert sign_in(app.test_client()).status_code == 303
+
+
+def test_a_device_cookie_counts_only_for_its_account_and_only_when_genuine(app):
+    owners_phone = known_browser(app)
+    attacker = app.test_client()
+    fail(attacker, app.config["LOGIN_MAX_FAILURES"], name="deskperson")
+    # The owner's device cookie does not vouch for another account.
+    assert sign_in(owners_phone, "deskperson", "front desk secret").status_code == 429
+    # A cookie that was not signed by this site is ignored: the browser is a stranger.
+    fail(attacker, app.config["LOGIN_MAX_FAILURES"])
+    genuine = owners_phone.get_cookie(DEVICE_COOKIE, path="/admin/login").value
+    forger = app.test_client()
+    forger.set_cookie(DEVICE_COOKIE, genuine[:-3] + "AAA", path="/admin/login")
+    assert sign_in(forger).status_code == 429
+    assert sign_in(owners_phone).status_code == 303
+
+
+def test_sign_in_attempts_are_limited_per_client_network(settings):
+    app = create_app(settings)  # the default LOGIN_RATE_LIMIT, 10 per minute
+    result = app.test_cli_runner().invoke(args=["create-admin", "owner"], input=OWNER_PASSWORD + "\n")
+    assert result.exit_code == 0
+    owners_phone = known_browser(app)
+    crowd = app.test_client()
+    crowd.environ_base["REMOTE_ADDR"] = "127.0.0.7"
+    page = crowd.get("/admin/login").get_data(as_text=True)
+    data = {"password": "a guess at it", "csrf_token": csrf_token(page)}
+    answers = [crowd.post("/admin/login", data={**data, "username": f"name{i}"}).status_code for i in range(11)]
+    assert answers == [401] * 10 + [429]
+    limited = crowd.post("/admin/login", data={**data, "username": "owner", "password": OWNER_PASSWORD})
+    assert limited.status_code == 429
+    assert "Too many tries in a short time" in limited.get_data(as_text=True)
+    # Another network is not held back, and neither is a browser that signed in before.
+    elsewhere = app.test_client()
+    elsewhere.environ_base["REMOTE_ADDR"] = "127.0.0.9"
+    assert sign_in(elsewhere).status_code == 303
+    assert sign_in(owners_phone).status_code == 303
+
+
+def test_a_sign_in_with_no_free_password_check_is_refused_and_not_counted(app, monkeypatch):
+    monkeypatch.setattr(auth, "HASH_WAIT_SECONDS", 0.1)
+    client = app.test_client()
+    # Two password checks already running in this process take both turns.
+    taken = [auth.HASH_SLOTS.acquire(blocking=False) for _ in range(auth.HASH_SLOTS_MAX)]
+    try:
+        assert all(taken)
+        busy = sign_in(client, "owner", "not the password")
+        assert busy.status_code == 503
+        assert busy.headers["Retry-After"] == "5"
+        assert "Many sign-ins are being checked right now" in busy.get_data(as_text=True)
+        assert rows(app, "SELECT * FROM login_failures") == []
+    finally:
+        for _ in range(sum(taken)):
+            auth.HASH_SLOTS.release()
+    assert sign_in(client).status_code == 303
+
+
+@pytest.mark.slow
+def test_parallel_wrong_passwords_cost_at_most_LOGIN_MAX_FAILURES_checks(serve):
+    server = serve({"LOGIN_RATE_LIMIT": "1000 per minute"}, workers=2, threads=8)
+    data_dir = server.log_path.parent
+    assert "created" in create_admin_on(data_dir, "owner")
+    with urllib.request.urlopen(server.url + "/admin/login") as response:
+        cookie = response.headers["Set-Cookie"].split(";")[0]
+        token = csrf_token(response.read().decode())
+    body = urllib.parse.urlencode({"username": "owner", "password": "a wrong guess", "csrf_token": token}).encode()
+    start = threading.Barrier(30)
+
+    def guess(_) -> tuple[int, str]:
+        request = urllib.request.Request(server.url + "/admin/login", data=body, headers={"Cookie": cookie})
+        start.wait()
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    with ThreadPoolExecutor(30) as pool:
+        answers = list(pool.map(guess, range(30)))
+    statuses = [status for status, _ in answers]
+    checked = [page for status, page in answers if status == 401]
+    assert 1 <= len(checked) <= 5, statuses
+    assert all(NO_MATCH in page for page in checked)
+    assert statuses.count(429) == 30 - len(checked), statuses
+    assert all(PAUSED in page for status, page in answers if status == 429)
+    failed = rows_at(data_dir, "SELECT count(*) AS n FROM audit_log WHERE action = 'sign-in failed'")
+    assert failed == len(checked)
+
+
+def rows_at(data_dir: Path, sql: str) -> int:
+    import sqlite3
+
+    conn = sqlite3.connect(data_dir / "leads.db")
+    try:
+        return conn.execute(sql).fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_the_paused_message_names_the_minutes_left(app):
+    client = app.test_client()
+    fail(client, app.config["LOGIN_MAX_FAILURES"])
+    page = sign_in(client).get_data(as_text=True)
+    assert re.search(r"Please try again in 1[45] minutes\.", page)
