@@ -6,22 +6,18 @@ import logging
 import mimetypes
 import os
 import re
-import threading
 import time
-from pathlib import Path
 from urllib.parse import parse_qs
 
 from flask import Flask, Response, abort, current_app, g, render_template, request, session
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import generate_csrf
 from itsdangerous import URLSafeTimedSerializer
-from limits.storage import Storage
 from markupsafe import escape
 from werkzeug.http import dump_cookie
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.security import safe_join
 
-import db
 from forms import visit_fields
 
 log = logging.getLogger("clinic.request")
@@ -271,55 +267,3 @@ def page_with_slots(template: str, form, values: dict) -> tuple[list[str], list[
         for field in slotted:
             del field._value
     return csrf_names, SLOT_RE.split(html)
-
-
-class SQLiteStorage(Storage):
-    """A flask-limiter store in a SQLite file, so every gunicorn worker counts against the same limit.
-
-    `RATELIMIT_STORAGE_URI = "sqlite:///path/to/ratelimit.db"`; fixed windows only.
-    """
-
-    STORAGE_SCHEME = ["sqlite"]
-
-    def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **options):
-        super().__init__(uri, wrap_exceptions, **options)
-        self.path = str(Path((uri or "").removeprefix("sqlite://")))
-        self.local = threading.local()
-        db.close_rate_store(db.open_rate_store(self.path))
-
-    @property
-    def base_exceptions(self):
-        import sqlite3
-
-        return sqlite3.Error
-
-    def conn(self):
-        """This thread's connection (a sqlite3 connection belongs to one thread)."""
-        if getattr(self.local, "conn", None) is None:
-            self.local.conn = db.open_rate_store(self.path)
-        return self.local.conn
-
-    def incr(self, key: str, expiry: float, amount: int = 1) -> int:
-        self.hits = getattr(self, "hits", 0) + 1
-        if self.hits % 1000 == 0:  # ended windows would otherwise stay in the file for good
-            db.rate_forget_expired(self.conn(), time.time())
-        return db.rate_hit(self.conn(), key, expiry, amount, time.time())
-
-    def get(self, key: str) -> int:
-        return db.rate_count(self.conn(), key, time.time())
-
-    def get_expiry(self, key: str) -> float:
-        return db.rate_expiry(self.conn(), key) or time.time()
-
-    def check(self) -> bool:
-        try:
-            db.rate_count(self.conn(), "", time.time())
-        except self.base_exceptions:
-            return False
-        return True
-
-    def reset(self) -> int | None:
-        return db.rate_clear(self.conn(), None)
-
-    def clear(self, key: str) -> None:
-        db.rate_clear(self.conn(), key)

@@ -251,6 +251,37 @@ def test_behind_a_trusted_proxy_each_visitor_has_their_own_limit(settings):
     assert send("10.0.0.2, 203.0.113.8") == 429
 
 
+def test_an_ipv6_client_is_limited_by_its_64_network(settings):
+    settings["CONTACT_RATE_LIMIT"] = "2 per minute"
+    client = create_app(settings).test_client()
+
+    def send(address: str) -> int:
+        data = {**form_fields(client.get("/").get_data(as_text=True)), **valid_lead()}
+        return client.post("/contact", data=data, environ_base={"REMOTE_ADDR": address}).status_code
+
+    # One household's /64 holds more addresses than could ever be counted one by one.
+    assert [send(a) for a in ["2001:db8:0:1::1", "2001:db8:0:1::2", "2001:db8:0:1:ffff:ffff:ffff:3"]] == [303, 303, 429]
+    assert send("2001:db8:0:2::1") == 303  # the next /64 is someone else
+    assert [send(a) for a in ["198.51.100.1", "198.51.100.2", "198.51.100.2"]] == [303, 303, 303]  # IPv4 as is
+    assert [send("::ffff:198.51.100.1"), send("::ffff:198.51.100.1")] == [303, 429]  # IPv4 in IPv6 clothing
+
+
+@pytest.mark.parametrize(
+    "peer, key",
+    [
+        ("203.0.113.9", "203.0.113.9"),
+        ("2001:db8:aa:bb:cc:dd:ee:ff", "2001:db8:aa:bb::/64"),
+        ("::1", "::/64"),
+        ("::ffff:203.0.113.9", "203.0.113.9"),
+    ],
+)
+def test_client_address_keys_ipv6_by_its_64(app, peer, key):
+    from extensions import client_address
+
+    with app.test_request_context("/", environ_base={"REMOTE_ADDR": peer}):
+        assert client_address() == key
+
+
 def test_rate_limit_counters_live_in_a_file_shared_by_workers(app):
     assert app.config["RATELIMIT_STORAGE_URI"].startswith("sqlite:///")
     client = app.test_client()
@@ -365,17 +396,17 @@ def test_gunicorn_logs_hold_no_message_password_or_token(serve, smtp):
 
 
 def test_rate_counter_windows_restart_and_ended_ones_are_dropped(tmp_path):
-    import db
+    import ratelimit
 
-    conn = db.open_rate_store(str(tmp_path / "limits.db"))
-    assert [db.rate_hit(conn, "a", 60, 1, now) for now in (100, 110, 159)] == [1, 2, 3]
-    assert db.rate_count(conn, "a", 159) == 3
-    assert db.rate_hit(conn, "a", 60, 1, 160) == 1  # the window ended at 160: a new one starts
-    assert db.rate_expiry(conn, "a") == 220
-    db.rate_hit(conn, "b", 60, 1, 200)
-    assert db.rate_forget_expired(conn, 230) == 1  # "a" ended at 220, "b" runs to 260
-    assert db.rate_count(conn, "b", 230) == 1
-    db.close_rate_store(conn)
+    conn = ratelimit.open_store(str(tmp_path / "limits.db"))
+    assert [ratelimit.count_hit(conn, "a", 60, 1, now) for now in (100, 110, 159)] == [1, 2, 3]
+    assert ratelimit.hits_in_window(conn, "a", 159) == 3
+    assert ratelimit.count_hit(conn, "a", 60, 1, 160) == 1  # the window ended at 160: a new one starts
+    assert ratelimit.window_end(conn, "a") == 220
+    ratelimit.count_hit(conn, "b", 60, 1, 200)
+    assert ratelimit.forget_ended(conn, 230) == 1  # "a" ended at 220, "b" runs to 260
+    assert ratelimit.hits_in_window(conn, "b", 230) == 1
+    conn.close()
 
 
 def test_first_visit_without_a_cookie_gets_a_working_form(app):
