@@ -74,22 +74,35 @@ def with_headers(wsgi_app, headers: list[tuple[str, str]]):
     return app
 
 
-def cache_policy(response: Response) -> str | None:
-    """Cache-Control for a response that did not set its own."""
-    if request.path.startswith("/admin") or response.headers.get("Content-Disposition", "").startswith("attachment"):
-        return "no-store"  # leads are health information: never kept anywhere
-    if "Cache-Control" in response.headers:
-        return None
+NO_STORE = "no-store"
+PRIVATE = "private, no-cache"
+REVALIDATE = "no-cache"
+IMMUTABLE = f"public, max-age={YEAR}, immutable"
+
+
+def keep_private() -> None:
+    """Mark this response as showing what the visitor typed: no browser or proxy may keep a copy."""
+    g.no_store = True
+
+
+def cache_policy(response: Response) -> str:
+    """The Cache-Control of every response through Flask: the one place that decides it."""
+    if (
+        g.get("no_store")
+        or request.path.startswith("/admin")
+        or response.headers.get("Content-Disposition", "").startswith("attachment")
+    ):
+        return NO_STORE  # leads are health information: never kept anywhere
+    if request.endpoint == "static":
+        return IMMUTABLE if g.get("versioned_asset") else REVALIDATE  # an unversioned URL: check back every time
     if session.accessed or "csrf_token" in g:
-        return "private, no-cache"  # a form token or the visitor's own data: no shared cache may keep it
-    return "no-cache"
+        return PRIVATE  # a form token or the visitor's own session: no shared cache may keep it
+    return REVALIDATE
 
 
 def finish_response(response: Response) -> Response:
     """Set Cache-Control, and log the request in one line without its query or body."""
-    policy = cache_policy(response)
-    if policy:
-        response.headers["Cache-Control"] = policy
+    response.headers["Cache-Control"] = cache_policy(response)
     req = request._get_current_object()
     elapsed = (time.perf_counter() - req.environ.get("clinic.started", time.perf_counter())) * 1000
     size = response.calculate_content_length()
@@ -154,10 +167,7 @@ def send_static(filename: str) -> Response:
         response.headers["Content-Encoding"] = "gzip"
     if asset.gzipped is not None:
         response.vary.add("Accept-Encoding")
-    if request.args.get("v") == asset.hash[:12]:
-        response.headers["Cache-Control"] = f"public, max-age={YEAR}, immutable"
-    else:
-        response.headers["Cache-Control"] = "no-cache"  # an unversioned URL: check back every time
+    g.versioned_asset = request.args.get("v") == asset.hash[:12]  # cache_policy keeps it for a year
     return response.make_conditional(request)
 
 
@@ -239,7 +249,7 @@ def first_visit_landing(app: Flask, wsgi_app):
             [
                 ("Content-Type", "text/html; charset=utf-8"),
                 ("Content-Length", str(len(body))),
-                ("Cache-Control", "private, no-cache"),
+                ("Cache-Control", PRIVATE),  # what cache_policy says of a new session
                 ("Vary", "Cookie"),
                 ("Set-Cookie", dump_cookie(cookie_name, cookie, **cookie_options)),
             ],

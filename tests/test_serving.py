@@ -72,18 +72,35 @@ def test_over_https_hsts_and_a_host_only_secure_session_cookie(settings):
 
 
 def test_pages_with_a_form_token_are_private(client):
-    for response in (client.get("/"), client.post("/contact", data={"name": ""})):
-        assert "form_token" in response.get_data(as_text=True)
-        cache = response.headers["Cache-Control"]
-        assert "private" in cache or "no-store" in cache
-        assert "public" not in cache
+    response = client.get("/")
+    assert "form_token" in response.get_data(as_text=True)
+    assert response.headers["Cache-Control"] == "private, no-cache"
 
 
-def test_thank_you_page_with_the_visitors_name_is_private(client):
+def test_form_shown_again_with_what_the_visitor_typed_is_never_stored(client):
+    response = client.post("/contact", data={**valid_lead(email="not-an-email", phone="")})
+    assert response.status_code in (400, 422)
+    assert "not-an-email" in response.get_data(as_text=True)
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def session_contents(app, client) -> dict:
+    """What the visitor's session cookie holds (signed, not encrypted: anyone at the computer can read it)."""
+    cookie = client.get_cookie(app.config["SESSION_COOKIE_NAME"])
+    return app.session_interface.get_signing_serializer(app).loads(cookie.value) if cookie else {}
+
+
+def test_thank_you_page_shows_the_name_once_and_is_never_stored(app, client):
     post_lead(client)
+    assert session_contents(app, client)["thanks_name"] == "Jane Doe"
     response = client.get("/thanks")
-    assert "Jane Doe" in response.get_data(as_text=True)
-    assert "private" in response.headers["Cache-Control"]
+    assert "Thank you, Jane Doe!" in response.get_data(as_text=True)
+    assert response.headers["Cache-Control"] == "no-store"
+    # The next person at a shared computer finds the name neither on the page nor in the cookie.
+    assert "thanks_name" not in session_contents(app, client)
+    again = client.get("/thanks")
+    assert "Jane Doe" not in again.get_data(as_text=True)
+    assert again.headers["Cache-Control"] == "no-store"
 
 
 def test_admin_pages_are_never_stored(client):
