@@ -29,6 +29,8 @@ COMPRESSIBLE = ("text/", "application/json", "application/javascript", "image/sv
 # Per-visitor values stand in the cached page as these private-use characters, which HTML escaping leaves alone.
 SLOT = "\ue000{}\ue001"
 SLOT_RE = re.compile("\ue000(\\w+)\ue001")
+# C0 and C1 controls and Unicode's line and paragraph separators: anything that could end a log line.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def init_app(app: Flask) -> None:
@@ -41,6 +43,7 @@ def init_app(app: Flask) -> None:
     app.wsgi_app = with_headers(app.wsgi_app, list(security_headers(app.config["HTTPS"]).items()))
     app.after_request(finish_response)
     app.view_functions["static"] = send_static
+    keep_log_records_on_one_line()
 
 
 def security_headers(https: bool) -> dict[str, str]:
@@ -116,6 +119,35 @@ def finish_response(response: Response) -> Response:
         req.remote_addr,
     )
     return response
+
+
+def escape_controls(text: str) -> str:
+    """`text` with each control character written as Python writes it (`\\n`, `\\x1b`): it cannot start a line."""
+    return CONTROL.sub(lambda match: ascii(match[0])[1:-1], text)
+
+
+def keep_log_records_on_one_line() -> None:
+    """Escape control characters in the message of every log record, whichever logger or handler.
+
+    A request path is URL-decoded (`GET /x%0aFAKE`), so without this a visitor could forge log lines.
+    The message is formatted here, once, which the handler would otherwise do.
+    """
+    make_record = logging.getLogRecordFactory()
+    if getattr(make_record, "escapes_controls", False):
+        return
+
+    def one_line_record(*args, **kwargs) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: the handler reports it as it always has
+            return record
+        record.msg = escape_controls(message) if CONTROL.search(message) else message
+        record.args = None
+        return record
+
+    one_line_record.escapes_controls = True
+    logging.setLogRecordFactory(one_line_record)
 
 
 class SessionCookies(SecureCookieSessionInterface):

@@ -330,6 +330,18 @@ def test_each_request_is_logged_in_one_line_without_query_or_secrets(client, cap
     assert fields["form_token"] not in caplog.text
 
 
+def test_a_path_with_control_characters_cannot_forge_a_log_line(app, caplog):
+    import logging
+
+    caplog.set_level("INFO")
+    app.test_client().get("/x%0a2026-11-29 INFO clinic: lead 7 stored%0d%1b[2J%e2%80%a8")
+    logging.getLogger("another.library").warning("from %s", "a\nb")
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(m.startswith("GET /x\\n2026-11-29 INFO clinic: lead 7 stored\\r\\x1b[2J") for m in messages)
+    assert "from a\\nb" in messages  # every logger, not only the site's
+    assert not any(re.search("[\x00-\x1f\x7f-\x9f]", m) for m in messages)
+
+
 # Against the real gunicorn
 
 
@@ -410,6 +422,24 @@ def test_gunicorn_logs_hold_no_message_password_or_token(serve, smtp):
         jar = getattr(cookie, "cookiejar", None)
         for c in jar or []:
             assert c.value not in log
+
+
+@pytest.mark.slow
+def test_gunicorn_log_has_one_line_per_request_whatever_the_path(serve):
+    server = serve()
+    forged = "2026-11-29 09:00:00,000 INFO clinic: lead 1 stored"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        path = "/x%0a" + urllib.parse.quote(forged) + "%0d%1b[2J"
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        assert sock.recv(100).startswith(b"HTTP/1.1 404 ")
+    expected = "GET /x\\n" + forged + "\\r\\x1b[2J 404 "
+    deadline = time.monotonic() + 10
+    while expected not in server.output() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = server.output()
+    assert expected in log
+    assert not any(line.startswith(forged) for line in log.splitlines())
+    assert "\x1b" not in log and "\r" not in log
 
 
 def test_rate_counter_windows_restart_and_ended_ones_are_dropped(tmp_path):
