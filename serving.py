@@ -245,8 +245,13 @@ def first_visit_landing(app: Flask, wsgi_app):
     gives a new visitor: the cached page filled in, a CSRF token made as flask-wtf's generate_csrf
     makes it, and a new session cookie from Flask's own session serializer and cookie settings.
     Anything else, and the very first request of a process (which builds the cached page), takes the
-    normal path; the tests submit every form through this path.
+    normal path. Because this copies library internals, tests/test_serving.py compares its answer
+    with Flask's own for the same request (status, headers, cookie attributes, page), over HTTP and
+    HTTPS. If it ever raises, the error is logged once and Flask answers from then on.
+    The `FIRST_VISIT_FAST_PATH: False` override (for that comparison) leaves Flask to answer always.
     """
+    if not app.config.get("FIRST_VISIT_FAST_PATH", True):
+        return wsgi_app
     interface = app.session_interface
     cookie_name = interface.get_cookie_name(app)
     csrf_key = app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
@@ -259,16 +264,10 @@ def first_visit_landing(app: Flask, wsgi_app):
         "samesite": interface.get_cookie_samesite(app),
         "partitioned": interface.get_cookie_partitioned(app),
     }
+    broken = False
 
-    def landing(environ, start_response):
-        page = app.extensions.get("form_pages", {}).get("landing.html")
-        if (
-            page is None
-            or environ.get("PATH_INFO") != "/"
-            or environ.get("REQUEST_METHOD") not in ("GET", "HEAD")
-            or cookie_name in environ.get("HTTP_COOKIE", "")
-        ):
-            return wsgi_app(environ, start_response)
+    def answer(environ, page) -> tuple[bytes, list[tuple[str, str]]]:
+        """The page and headers for one first visit."""
         query = environ.get("QUERY_STRING", "")
         args = {k: v[0] for k, v in parse_qs(query).items()} if query else {}
         raw_token = hashlib.sha1(os.urandom(64)).hexdigest()
@@ -276,16 +275,33 @@ def first_visit_landing(app: Flask, wsgi_app):
             values = visit_fields(args, environ.get("HTTP_REFERER"))
             cookie = interface.get_signing_serializer(app).dumps({csrf_key: raw_token})
         body = fill_page(page, values, csrf_signer.dumps(raw_token)).encode()
-        start_response(
-            "200 OK",
-            [
-                ("Content-Type", "text/html; charset=utf-8"),
-                ("Content-Length", str(len(body))),
-                ("Cache-Control", PRIVATE),  # what cache_policy says of a new session
-                ("Vary", "Cookie"),
-                ("Set-Cookie", dump_cookie(cookie_name, cookie, **cookie_options)),
-            ],
-        )
+        headers = [
+            ("Content-Type", "text/html; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", PRIVATE),  # what cache_policy says of a new session
+            ("Vary", "Cookie"),
+            ("Set-Cookie", dump_cookie(cookie_name, cookie, **cookie_options)),
+        ]
+        return body, headers
+
+    def landing(environ, start_response):
+        nonlocal broken
+        page = app.extensions.get("form_pages", {}).get("landing.html")
+        if (
+            page is None
+            or broken
+            or environ.get("PATH_INFO") != "/"
+            or environ.get("REQUEST_METHOD") not in ("GET", "HEAD")
+            or cookie_name in environ.get("HTTP_COOKIE", "")
+        ):
+            return wsgi_app(environ, start_response)
+        try:
+            body, headers = answer(environ, page)
+        except Exception:
+            broken = True
+            log.exception("the first-visit fast path failed; Flask answers first visits from now on")
+            return wsgi_app(environ, start_response)
+        start_response("200 OK", headers)
         elapsed = (time.perf_counter() - environ.get("clinic.started", time.perf_counter())) * 1000
         log.info("%s / 200 %sB %.1fms %s", environ["REQUEST_METHOD"], len(body), elapsed, environ.get("REMOTE_ADDR"))
         return [body] if environ["REQUEST_METHOD"] == "GET" else []

@@ -476,9 +476,6 @@ def test_first_visit_without_a_cookie_gets_a_working_form(app):
 
 
 def test_first_visit_page_matches_the_full_render(app):
-    def without_tokens(html: str) -> str:
-        return re.sub(r'(name="(csrf_token|form_token)" type="hidden" value=")[^"]*', r"\1", html)
-
     full = app.test_client().get("/").get_data(as_text=True)  # built through Flask
     fast = app.test_client().get("/").get_data(as_text=True)
     assert without_tokens(fast) == without_tokens(full)
@@ -491,3 +488,73 @@ def test_first_visit_over_https_gets_the_host_prefixed_secure_cookie(settings):
     app.test_client().get("/", base_url="https://localhost")
     cookie = app.test_client().get("/", base_url="https://localhost").headers["Set-Cookie"]
     assert cookie.startswith("__Host-session=") and "Secure" in cookie
+
+
+def without_tokens(html: str) -> str:
+    return re.sub(r'(name="(csrf_token|form_token)" type="hidden" value=")[^"]*', r"\1", html)
+
+
+def visible_answer(app, response) -> dict:
+    """What a browser gets from a first visit, with the per-visit tokens masked."""
+    [cookie] = response.headers.getlist("Set-Cookie")
+    name, _, value_and_attributes = cookie.partition("=")
+    value, *attributes = value_and_attributes.split("; ")
+    session = app.session_interface.get_signing_serializer(app).loads(value)
+    return {
+        "status": response.status,
+        "headers": sorted((k, v) for k, v in response.headers.items() if k not in ("Set-Cookie", "Content-Length")),
+        "cookie": (name, sorted(attributes), sorted(session)),
+        "body": without_tokens(response.get_data(as_text=True)),
+    }
+
+
+FIRST_VISITS = [
+    ("GET", "/", {}),
+    (
+        "GET",
+        "/?utm_source=fb&utm_medium=cpc&utm_campaign=a%22%3Cb%3E&utm_source=second&other=1",
+        {"Referer": 'https://news.example/?q=<x>&y="1"', "Cookie": "analytics=1"},
+    ),
+    ("GET", "/?utm_campaign=caf%C3%A9+%E2%9C%93&utm_medium=%ZZ", {"Referer": "https://news.example/café"}),
+    ("HEAD", "/", {}),
+]
+
+
+@pytest.mark.parametrize("https", [False, True], ids=["http", "https"])
+@pytest.mark.parametrize("method, path, headers", FIRST_VISITS)
+def test_first_visit_fast_path_answers_exactly_as_flask_does(settings, https, method, path, headers):
+    site = {"HTTPS": True, "SITE_URL": "https://clinic.example"} if https else {"SITE_URL": "http://localhost"}
+    base_url = "https://clinic.example" if https else "http://localhost"
+    fast = create_app({**settings, **site})
+    flask_only = create_app({**settings, **site, "FIRST_VISIT_FAST_PATH": False})
+    answers = []
+    for app in (fast, flask_only):
+        dispatched = []
+        app.before_request(lambda dispatched=dispatched: dispatched.append(request.path))
+        app.test_client().get("/", base_url=base_url)  # the process's first visit builds the cached page
+        dispatched.clear()
+        response = app.test_client().open(path, method=method, headers=headers, base_url=base_url)
+        assert len(response.get_data()) == (int(response.headers["Content-Length"]) if method == "GET" else 0)
+        answers.append((visible_answer(app, response), dispatched))
+    (fast_answer, fast_dispatched), (flask_answer, flask_dispatched) = answers
+    assert (fast_dispatched, flask_dispatched) == ([], ["/"])  # each took the path it should
+    assert fast_answer == flask_answer
+    assert fast_answer["cookie"][0] == ("__Host-session" if https else "session")
+
+
+def test_a_failing_fast_path_leaves_first_visits_to_flask(app, monkeypatch, caplog):
+    app.test_client().get("/")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a library changed under the fast path")
+
+    monkeypatch.setattr(serving, "visit_fields", broken)  # only the fast path calls it through serving
+    for n in range(2):
+        visitor = app.test_client()
+        page = visitor.get(f"/?utm_source=visit{n}")
+        assert page.status_code == 200
+        fields = form_fields(page.get_data(as_text=True))
+        assert fields["utm_source"] == f"visit{n}"
+        assert visitor.post("/contact", data={**fields, **valid_lead()}).status_code == 303
+    assert caplog.text.count("the first-visit fast path failed") == 1
+    assert "RuntimeError: a library changed under the fast path" in caplog.text
