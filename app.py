@@ -175,6 +175,7 @@ def spam_reasons(form: LeadForm, shown_at: float | None) -> list[str]:
 @csrf.exempt  # LeadForm checks the token itself, so a stale one re-renders the form
 def contact():
     """Store a request and queue the clinic's email, then send the visitor to /thanks."""
+    serving.keep_private()  # the answer shows, or carries in its cookie, what the visitor typed
     form = LeadForm()
     token = read_form_token(form.form_token.data)
     if not form.validate():
@@ -218,8 +219,9 @@ def contact():
 
 @bp.get("/thanks")
 def thanks():
-    """Thank the visitor by name and say what happens next."""
-    return render_template("thanks.html", name=session.get("thanks_name"))
+    """Thank the visitor by name, once (the name leaves their cookie), and say what happens next."""
+    serving.keep_private()
+    return render_template("thanks.html", name=session.pop("thanks_name", None))
 
 
 @bp.get("/privacy")

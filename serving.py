@@ -6,22 +6,18 @@ import logging
 import mimetypes
 import os
 import re
-import threading
 import time
-from pathlib import Path
 from urllib.parse import parse_qs
 
 from flask import Flask, Response, abort, current_app, g, render_template, request, session
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import generate_csrf
 from itsdangerous import URLSafeTimedSerializer
-from limits.storage import Storage
 from markupsafe import escape
 from werkzeug.http import dump_cookie
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.security import safe_join
 
-import db
 from forms import visit_fields
 
 log = logging.getLogger("clinic.request")
@@ -33,6 +29,8 @@ COMPRESSIBLE = ("text/", "application/json", "application/javascript", "image/sv
 # Per-visitor values stand in the cached page as these private-use characters, which HTML escaping leaves alone.
 SLOT = "\ue000{}\ue001"
 SLOT_RE = re.compile("\ue000(\\w+)\ue001")
+# C0 and C1 controls and Unicode's line and paragraph separators: anything that could end a log line.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def init_app(app: Flask) -> None:
@@ -45,6 +43,7 @@ def init_app(app: Flask) -> None:
     app.wsgi_app = with_headers(app.wsgi_app, list(security_headers(app.config["HTTPS"]).items()))
     app.after_request(finish_response)
     app.view_functions["static"] = send_static
+    keep_log_records_on_one_line()
 
 
 def security_headers(https: bool) -> dict[str, str]:
@@ -78,22 +77,35 @@ def with_headers(wsgi_app, headers: list[tuple[str, str]]):
     return app
 
 
-def cache_policy(response: Response) -> str | None:
-    """Cache-Control for a response that did not set its own."""
-    if request.path.startswith("/admin") or response.headers.get("Content-Disposition", "").startswith("attachment"):
-        return "no-store"  # leads are health information: never kept anywhere
-    if "Cache-Control" in response.headers:
-        return None
+NO_STORE = "no-store"
+PRIVATE = "private, no-cache"
+REVALIDATE = "no-cache"
+IMMUTABLE = f"public, max-age={YEAR}, immutable"
+
+
+def keep_private() -> None:
+    """Mark this response as showing what the visitor typed: no browser or proxy may keep a copy."""
+    g.no_store = True
+
+
+def cache_policy(response: Response) -> str:
+    """The Cache-Control of every response through Flask: the one place that decides it."""
+    if (
+        g.get("no_store")
+        or request.path.startswith("/admin")
+        or response.headers.get("Content-Disposition", "").startswith("attachment")
+    ):
+        return NO_STORE  # leads are health information: never kept anywhere
+    if request.endpoint == "static":
+        return IMMUTABLE if g.get("versioned_asset") else REVALIDATE  # an unversioned URL: check back every time
     if session.accessed or "csrf_token" in g:
-        return "private, no-cache"  # a form token or the visitor's own data: no shared cache may keep it
-    return "no-cache"
+        return PRIVATE  # a form token or the visitor's own session: no shared cache may keep it
+    return REVALIDATE
 
 
 def finish_response(response: Response) -> Response:
     """Set Cache-Control, and log the request in one line without its query or body."""
-    policy = cache_policy(response)
-    if policy:
-        response.headers["Cache-Control"] = policy
+    response.headers["Cache-Control"] = cache_policy(response)
     req = request._get_current_object()
     elapsed = (time.perf_counter() - req.environ.get("clinic.started", time.perf_counter())) * 1000
     size = response.calculate_content_length()
@@ -107,6 +119,35 @@ def finish_response(response: Response) -> Response:
         req.remote_addr,
     )
     return response
+
+
+def escape_controls(text: str) -> str:
+    """`text` with each control character written as Python writes it (`\\n`, `\\x1b`): it cannot start a line."""
+    return CONTROL.sub(lambda match: ascii(match[0])[1:-1], text)
+
+
+def keep_log_records_on_one_line() -> None:
+    """Escape control characters in the message of every log record, whichever logger or handler.
+
+    A request path is URL-decoded (`GET /x%0aFAKE`), so without this a visitor could forge log lines.
+    The message is formatted here, once, which the handler would otherwise do.
+    """
+    make_record = logging.getLogRecordFactory()
+    if getattr(make_record, "escapes_controls", False):
+        return
+
+    def one_line_record(*args, **kwargs) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: the handler reports it as it always has
+            return record
+        record.msg = escape_controls(message) if CONTROL.search(message) else message
+        record.args = None
+        return record
+
+    one_line_record.escapes_controls = True
+    logging.setLogRecordFactory(one_line_record)
 
 
 class SessionCookies(SecureCookieSessionInterface):
@@ -158,10 +199,7 @@ def send_static(filename: str) -> Response:
         response.headers["Content-Encoding"] = "gzip"
     if asset.gzipped is not None:
         response.vary.add("Accept-Encoding")
-    if request.args.get("v") == asset.hash[:12]:
-        response.headers["Cache-Control"] = f"public, max-age={YEAR}, immutable"
-    else:
-        response.headers["Cache-Control"] = "no-cache"  # an unversioned URL: check back every time
+    g.versioned_asset = request.args.get("v") == asset.hash[:12]  # cache_policy keeps it for a year
     return response.make_conditional(request)
 
 
@@ -207,8 +245,13 @@ def first_visit_landing(app: Flask, wsgi_app):
     gives a new visitor: the cached page filled in, a CSRF token made as flask-wtf's generate_csrf
     makes it, and a new session cookie from Flask's own session serializer and cookie settings.
     Anything else, and the very first request of a process (which builds the cached page), takes the
-    normal path; the tests submit every form through this path.
+    normal path. Because this copies library internals, tests/test_serving.py compares its answer
+    with Flask's own for the same request (status, headers, cookie attributes, page), over HTTP and
+    HTTPS. If it ever raises, the error is logged once and Flask answers from then on.
+    The `FIRST_VISIT_FAST_PATH: False` override (for that comparison) leaves Flask to answer always.
     """
+    if not app.config.get("FIRST_VISIT_FAST_PATH", True):
+        return wsgi_app
     interface = app.session_interface
     cookie_name = interface.get_cookie_name(app)
     csrf_key = app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
@@ -221,16 +264,10 @@ def first_visit_landing(app: Flask, wsgi_app):
         "samesite": interface.get_cookie_samesite(app),
         "partitioned": interface.get_cookie_partitioned(app),
     }
+    broken = False
 
-    def landing(environ, start_response):
-        page = app.extensions.get("form_pages", {}).get("landing.html")
-        if (
-            page is None
-            or environ.get("PATH_INFO") != "/"
-            or environ.get("REQUEST_METHOD") not in ("GET", "HEAD")
-            or cookie_name in environ.get("HTTP_COOKIE", "")
-        ):
-            return wsgi_app(environ, start_response)
+    def answer(environ, page) -> tuple[bytes, list[tuple[str, str]]]:
+        """The page and headers for one first visit."""
         query = environ.get("QUERY_STRING", "")
         args = {k: v[0] for k, v in parse_qs(query).items()} if query else {}
         raw_token = hashlib.sha1(os.urandom(64)).hexdigest()
@@ -238,16 +275,33 @@ def first_visit_landing(app: Flask, wsgi_app):
             values = visit_fields(args, environ.get("HTTP_REFERER"))
             cookie = interface.get_signing_serializer(app).dumps({csrf_key: raw_token})
         body = fill_page(page, values, csrf_signer.dumps(raw_token)).encode()
-        start_response(
-            "200 OK",
-            [
-                ("Content-Type", "text/html; charset=utf-8"),
-                ("Content-Length", str(len(body))),
-                ("Cache-Control", "private, no-cache"),
-                ("Vary", "Cookie"),
-                ("Set-Cookie", dump_cookie(cookie_name, cookie, **cookie_options)),
-            ],
-        )
+        headers = [
+            ("Content-Type", "text/html; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", PRIVATE),  # what cache_policy says of a new session
+            ("Vary", "Cookie"),
+            ("Set-Cookie", dump_cookie(cookie_name, cookie, **cookie_options)),
+        ]
+        return body, headers
+
+    def landing(environ, start_response):
+        nonlocal broken
+        page = app.extensions.get("form_pages", {}).get("landing.html")
+        if (
+            page is None
+            or broken
+            or environ.get("PATH_INFO") != "/"
+            or environ.get("REQUEST_METHOD") not in ("GET", "HEAD")
+            or cookie_name in environ.get("HTTP_COOKIE", "")
+        ):
+            return wsgi_app(environ, start_response)
+        try:
+            body, headers = answer(environ, page)
+        except Exception:
+            broken = True
+            log.exception("the first-visit fast path failed; Flask answers first visits from now on")
+            return wsgi_app(environ, start_response)
+        start_response("200 OK", headers)
         elapsed = (time.perf_counter() - environ.get("clinic.started", time.perf_counter())) * 1000
         log.info("%s / 200 %sB %.1fms %s", environ["REQUEST_METHOD"], len(body), elapsed, environ.get("REMOTE_ADDR"))
         return [body] if environ["REQUEST_METHOD"] == "GET" else []
@@ -271,55 +325,3 @@ def page_with_slots(template: str, form, values: dict) -> tuple[list[str], list[
         for field in slotted:
             del field._value
     return csrf_names, SLOT_RE.split(html)
-
-
-class SQLiteStorage(Storage):
-    """A flask-limiter store in a SQLite file, so every gunicorn worker counts against the same limit.
-
-    `RATELIMIT_STORAGE_URI = "sqlite:///path/to/ratelimit.db"`; fixed windows only.
-    """
-
-    STORAGE_SCHEME = ["sqlite"]
-
-    def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **options):
-        super().__init__(uri, wrap_exceptions, **options)
-        self.path = str(Path((uri or "").removeprefix("sqlite://")))
-        self.local = threading.local()
-        db.close_rate_store(db.open_rate_store(self.path))
-
-    @property
-    def base_exceptions(self):
-        import sqlite3
-
-        return sqlite3.Error
-
-    def conn(self):
-        """This thread's connection (a sqlite3 connection belongs to one thread)."""
-        if getattr(self.local, "conn", None) is None:
-            self.local.conn = db.open_rate_store(self.path)
-        return self.local.conn
-
-    def incr(self, key: str, expiry: float, amount: int = 1) -> int:
-        self.hits = getattr(self, "hits", 0) + 1
-        if self.hits % 1000 == 0:  # ended windows would otherwise stay in the file for good
-            db.rate_forget_expired(self.conn(), time.time())
-        return db.rate_hit(self.conn(), key, expiry, amount, time.time())
-
-    def get(self, key: str) -> int:
-        return db.rate_count(self.conn(), key, time.time())
-
-    def get_expiry(self, key: str) -> float:
-        return db.rate_expiry(self.conn(), key) or time.time()
-
-    def check(self) -> bool:
-        try:
-            db.rate_count(self.conn(), "", time.time())
-        except self.base_exceptions:
-            return False
-        return True
-
-    def reset(self) -> int | None:
-        return db.rate_clear(self.conn(), None)
-
-    def clear(self, key: str) -> None:
-        db.rate_clear(self.conn(), key)

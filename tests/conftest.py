@@ -1,10 +1,12 @@
 """Shared fixtures: an app on a temporary database, a real SMTP server, form helpers."""
 
 import re
+import secrets
 import socket
 import sqlite3
 import threading
 import time
+from datetime import UTC, datetime
 from email import message_from_bytes, policy
 
 import pytest
@@ -76,6 +78,13 @@ def settings(tmp_path):
 
 
 @pytest.fixture
+def mail_settings(settings, smtp):
+    """Mail to the test SMTP server; ask for it before `app` so the app is built with it."""
+    settings.update(MAIL_SERVER="127.0.0.1", MAIL_PORT=smtp.port, MAIL_TIMEOUT=2)
+    return settings
+
+
+@pytest.fixture
 def app(settings):
     return create_app(settings)
 
@@ -93,6 +102,23 @@ def rows(app, sql: str, params=()) -> list[dict]:
     conn.commit()
     conn.close()
     return found
+
+
+def add_lead(app, created: datetime | None = None, status: str | None = None, **fields) -> int:
+    """Store a lead straight in the site's database, received at `created` (default: now); return its id."""
+    import db
+
+    lead = {"form_id": secrets.token_hex(8), "name": "Jane Doe", "phone": "", "email": "", "message": "", "is_spam": 0}
+    stamp = (created or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="seconds")
+    database = db.connect(app.config["DATABASE"])
+    try:
+        with db.write(database):
+            lead_id, _ = db.add_lead(database, {**lead, **fields}, stamp)
+        if status:
+            db.set_status(database, lead_id, status, stamp)
+    finally:
+        database.close()
+    return lead_id
 
 
 def drain(app, now=None) -> int:

@@ -5,7 +5,7 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import OWNER_PASSWORD, csrf_token, post_lead, rows, sign_in
+from conftest import OWNER_PASSWORD, csrf_token, form_fields, post_lead, rows, sign_in, valid_lead
 
 from app import create_app
 
@@ -288,10 +288,19 @@ def test_a_state_change_without_the_csrf_token_is_refused(app, owner):
     assert rows(app, "SELECT status FROM leads") == [{"status": "new"}]
 
 
-def test_the_admin_idle_limit_leaves_visitors_sessions_alone(settings):
+def test_the_admin_idle_limit_leaves_visitors_sessions_alone(settings, monkeypatch):
     # Flask refuses any session cookie older than PERMANENT_SESSION_LIFETIME, the lead form's too.
+    from itsdangerous import TimestampSigner
+
     app = create_app(settings | {"ADMIN_IDLE_MINUTES": 1})
-    assert app.permanent_session_lifetime >= timedelta(days=1)
+    visitor = app.test_client()
+    day_ago = int(datetime.now(UTC).timestamp()) - 24 * 3600
+    with monkeypatch.context() as clock:
+        clock.setattr(TimestampSigner, "get_timestamp", lambda self: day_ago)  # the page was opened yesterday
+        page = visitor.get("/")
+    sent = visitor.post("/contact", data={**form_fields(page.get_data(as_text=True)), **valid_lead()})
+    assert sent.status_code == 303
+    assert rows(app, "SELECT name FROM leads") == [{"name": "Jane Doe"}]
 
 
 def test_create_admin_on_a_terminal_asks_twice_without_echo(settings):

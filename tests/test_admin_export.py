@@ -4,27 +4,18 @@ import csv
 import io
 import os
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from conftest import post_lead, rows
+from conftest import add_lead, post_lead, rows
 
 import db
 
 
-def add(app, created: datetime | None = None, **fields) -> int:
-    database = db.connect(app.config["DATABASE"])
-    lead = {"form_id": f"f-{fields.get('name')}-{created}", "name": "Jane Doe", "is_spam": 0, **fields}
-    with db.write(database):
-        lead_id, _ = db.add_lead(database, lead, (created or datetime.now(UTC)).isoformat(timespec="seconds"))
-    database.close()
-    return lead_id
-
-
 def test_csv_is_excel_ready_and_defuses_formulas(app, owner):
     created = datetime(2026, 11, 3, 17, 5, tzinfo=UTC)
-    add(
+    add_lead(
         app,
         created,
         name='=HYPERLINK("http://evil.example","click")',
@@ -59,9 +50,9 @@ def test_csv_is_excel_ready_and_defuses_formulas(app, owner):
 
 
 def test_csv_exports_what_the_filter_shows(app, owner):
-    add(app, name="Ann Booked")
-    add(app, name="Bob New")
-    add(app, name="Cy Spam", is_spam=1)
+    add_lead(app, name="Ann Booked")
+    add_lead(app, name="Bob New")
+    add_lead(app, name="Cy Spam", is_spam=1)
     db_conn = db.connect(app.config["DATABASE"])
     db.set_status(db_conn, 1, "booked", db.utcnow())
     db_conn.close()
@@ -81,9 +72,9 @@ def test_csv_exports_what_the_filter_shows(app, owner):
 
 
 def test_csv_export_of_a_month(app, owner):
-    add(app, datetime(2026, 10, 31, 12, tzinfo=UTC), name="October")
-    add(app, datetime(2026, 11, 15, 12, tzinfo=UTC), name="November")
-    add(app, datetime(2026, 12, 1, 12, tzinfo=UTC), name="December")
+    add_lead(app, datetime(2026, 10, 31, 12, tzinfo=UTC), name="October")
+    add_lead(app, datetime(2026, 11, 15, 12, tzinfo=UTC), name="November")
+    add_lead(app, datetime(2026, 12, 1, 12, tzinfo=UTC), name="December")
     text = owner.get("/admin/leads.csv?from=2026-11-01&to=2026-11-30").get_data().decode("utf-8-sig")
     assert [row["name"] for row in csv.DictReader(io.StringIO(text, newline=""))] == ["November"]
 
@@ -96,7 +87,7 @@ def test_csv_export_is_audited(app, owner):
 
 
 def test_csv_needs_sign_in(app, client):
-    add(app, name="Private Person")
+    add_lead(app, name="Private Person")
     response = client.get("/admin/leads.csv")
     assert response.status_code == 401
     assert b"Private Person" not in response.get_data()
@@ -105,8 +96,8 @@ def test_csv_needs_sign_in(app, client):
 def test_purge_deletes_old_leads_with_their_emails(app, client):
     now = datetime.now(UTC)
     post_lead(client, name="Recent")
-    old = add(app, now - timedelta(days=400), name="Old")
-    add(app, now - timedelta(days=366), name="Older than a year")
+    old = add_lead(app, now - timedelta(days=400), name="Old")
+    add_lead(app, now - timedelta(days=366), name="Older than a year")
     database = db.connect(app.config["DATABASE"])
     db.add_note(database, old, "owner", "called", db.utcnow())
     db.enqueue_email(database, {"lead_id": old, "kind": "lead", "message_id": "<x@y>", "to_addr": "a@b", "subject": "s",
@@ -148,14 +139,16 @@ def test_privacy_page_states_the_retention_period(settings):
 
 
 def test_this_month_link_exports_the_month(app, owner):
-    zone = ZoneInfo(app.config["CLINIC_TIMEZONE"])
-    today = datetime.now(zone).date()
-    add(app, datetime.now(UTC) - timedelta(minutes=5), name="Today")
-    add(app, datetime.combine(today.replace(day=1), datetime.min.time(), zone) - timedelta(days=2), name="Last month")
     html = owner.get("/admin").get_data(as_text=True)
     month = re.search(r'href="([^"]*)"[^>]*>This month</a>', html).group(1).replace("&amp;", "&")
+    # Leads placed by the link's own dates, so the test holds in a month's first minutes too.
+    first_day = date.fromisoformat(re.search(r"from=([\d-]+)", month)[1])
+    assert first_day.day == 1
+    month_starts = datetime.combine(first_day, datetime.min.time(), ZoneInfo(app.config["CLINIC_TIMEZONE"]))
+    add_lead(app, month_starts, name="First thing")
+    add_lead(app, month_starts - timedelta(seconds=1), name="Last month")
     page = owner.get(month).get_data(as_text=True)
-    assert "Today" in page and "Last month" not in page
+    assert "First thing" in page and "Last month" not in page
     csv_link = re.search(r'href="(/admin/leads\.csv[^"]*)"', page).group(1).replace("&amp;", "&")
     text = owner.get(csv_link).get_data().decode("utf-8-sig")
-    assert [row["name"] for row in csv.DictReader(io.StringIO(text, newline=""))] == ["Today"]
+    assert [row["name"] for row in csv.DictReader(io.StringIO(text, newline=""))] == ["First thing"]

@@ -5,25 +5,14 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import post_lead
-
-import db
+from conftest import add_lead, post_lead
 
 
 def add_leads(app, *leads: dict) -> None:
-    """Store leads straight in the database, each `minutes_ago` old (default: in list order)."""
-    database = db.connect(app.config["DATABASE"])
+    """Store leads, each `minutes_ago` old (default: in list order, the last one newest)."""
     now = datetime.now(UTC)
     for i, lead in enumerate(leads):
-        minutes = lead.pop("minutes_ago", len(leads) - i)
-        stamp = (now - timedelta(minutes=minutes)).isoformat(timespec="seconds")
-        row = {"form_id": f"f{i}-{lead['name']}", "phone": "", "email": "", "message": "", "is_spam": 0, **lead}
-        status = row.pop("status", None)
-        with db.write(database):
-            lead_id, _ = db.add_lead(database, row, stamp)
-        if status:
-            db.set_status(database, lead_id, status, stamp)
-    database.close()
+        add_lead(app, now - timedelta(minutes=lead.pop("minutes_ago", len(leads) - i)), **lead)
 
 
 def names(html: str) -> list[str]:

@@ -3,7 +3,6 @@
 import re
 from pathlib import Path
 
-import pytest
 from conftest import csrf_token, drain, post_lead, rows
 
 import notify
@@ -13,13 +12,6 @@ def post(client, url: str, data: dict | None = None, form_on: str | None = None)
     """Send a form from the page at `form_on` (default: `url`) with its CSRF token."""
     token = csrf_token(client.get(form_on or url).get_data(as_text=True))
     return client.post(url, data={**(data or {}), "csrf_token": token})
-
-
-@pytest.fixture
-def mail_settings(settings, smtp):
-    """Mail to the test SMTP server; ask for it before `app` so the app is built with it."""
-    settings.update(MAIL_SERVER="127.0.0.1", MAIL_PORT=smtp.port, MAIL_TIMEOUT=2)
-    return settings
 
 
 def test_lead_page_shows_every_field_and_the_source(owner):

@@ -4,8 +4,8 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from conftest import add_lead, rows
 from conftest import drain as drain_outbox
-from conftest import rows
 
 import db
 import reminders
@@ -16,21 +16,6 @@ LA = ZoneInfo("America/Los_Angeles")
 def at(*args) -> datetime:
     """A moment given in the clinic's local time."""
     return datetime(*args, tzinfo=LA)
-
-
-@pytest.fixture
-def mail_settings(settings, smtp):
-    settings.update(MAIL_SERVER="127.0.0.1", MAIL_PORT=smtp.port, MAIL_TIMEOUT=2)
-    return settings
-
-
-def add_lead(app, created: datetime, **fields) -> int:
-    database = db.connect(app.config["DATABASE"])
-    lead = {"form_id": f"f{created}", "name": "Jane Doe", "phone": "+19495106333", "is_spam": 0, **fields}
-    with db.write(database):
-        lead_id, _ = db.add_lead(database, lead, created.astimezone(UTC).isoformat(timespec="seconds"))
-    database.close()
-    return lead_id
 
 
 def drain(app, now: datetime) -> int:
@@ -65,7 +50,7 @@ def test_working_hours_across_a_clock_change(settings):
 
 
 def test_one_reminder_for_a_lead_still_new(mail_settings, smtp, app):
-    lead_id = add_lead(app, at(2026, 11, 23, 9, 30))
+    lead_id = add_lead(app, at(2026, 11, 23, 9, 30), phone="+19495106333")
     drain(app, at(2026, 11, 23, 13, 0))  # 3.5 working hours: not yet
     assert reminder_rows(app) == []
     assert drain(app, at(2026, 11, 23, 13, 31)) == 1
@@ -112,7 +97,7 @@ def test_reminders_can_be_turned_off(settings):
 
 def test_reminder_without_details_keeps_the_lead_out_of_the_email(app):
     app.config["NOTIFY_DETAILS"] = False
-    add_lead(app, at(2026, 11, 23, 9), name="Secret Name")
+    add_lead(app, at(2026, 11, 23, 9), name="Secret Name", phone="+19495106333")
     drain(app, at(2026, 11, 23, 17))
     [row] = reminder_rows(app)
     assert "Secret Name" not in row["body_text"] + row["body_html"] + row["subject"]

@@ -102,10 +102,13 @@ def test_requests_sent_while_smtp_is_down_are_all_mailed_once_when_it_comes_up(s
     controller = start_smtp(port, inbox)
     try:
         inbox.wait_for(300, timeout=90)  # aiosmtpd slows down over a few hundred connections
-        time.sleep(2)  # room for a duplicate to show up
+        # Once every row is marked sent no sender can claim one again, so any duplicate has arrived by then.
+        deadline = time.monotonic() + 30
+        while read_rows(server, "SELECT id FROM outbox WHERE status != 'sent'") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert {row["status"] for row in read_rows(server, "SELECT status FROM outbox")} == {"sent"}
         assert sorted(subjects(inbox)) == sorted(results)
         assert len({msg["Message-ID"] for msg in inbox.messages}) == 300
-        assert {row["status"] for row in read_rows(server, "SELECT status FROM outbox")} == {"sent"}
     finally:
         controller.stop()
 
@@ -142,7 +145,7 @@ def test_worker_killed_mid_load_loses_no_answered_request_or_its_email(serve):
         while not set(answered) <= set(subjects(inbox)) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert set(answered) <= set(subjects(inbox))
-        assert "SIGKILL" in server.output() or "exited" in server.output() or "Booting worker" in server.output()
+        assert f"Worker (pid:{victim}) was sent SIGKILL" in server.output()  # gunicorn saw the kill and replaced it
     finally:
         controller.stop()
 

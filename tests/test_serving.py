@@ -72,18 +72,35 @@ def test_over_https_hsts_and_a_host_only_secure_session_cookie(settings):
 
 
 def test_pages_with_a_form_token_are_private(client):
-    for response in (client.get("/"), client.post("/contact", data={"name": ""})):
-        assert "form_token" in response.get_data(as_text=True)
-        cache = response.headers["Cache-Control"]
-        assert "private" in cache or "no-store" in cache
-        assert "public" not in cache
+    response = client.get("/")
+    assert "form_token" in response.get_data(as_text=True)
+    assert response.headers["Cache-Control"] == "private, no-cache"
 
 
-def test_thank_you_page_with_the_visitors_name_is_private(client):
+def test_form_shown_again_with_what_the_visitor_typed_is_never_stored(client):
+    response = client.post("/contact", data={**valid_lead(email="not-an-email", phone="")})
+    assert response.status_code in (400, 422)
+    assert "not-an-email" in response.get_data(as_text=True)
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def session_contents(app, client) -> dict:
+    """What the visitor's session cookie holds (signed, not encrypted: anyone at the computer can read it)."""
+    cookie = client.get_cookie(app.config["SESSION_COOKIE_NAME"])
+    return app.session_interface.get_signing_serializer(app).loads(cookie.value) if cookie else {}
+
+
+def test_thank_you_page_shows_the_name_once_and_is_never_stored(app, client):
     post_lead(client)
+    assert session_contents(app, client)["thanks_name"] == "Jane Doe"
     response = client.get("/thanks")
-    assert "Jane Doe" in response.get_data(as_text=True)
-    assert "private" in response.headers["Cache-Control"]
+    assert "Thank you, Jane Doe!" in response.get_data(as_text=True)
+    assert response.headers["Cache-Control"] == "no-store"
+    # The next person at a shared computer finds the name neither on the page nor in the cookie.
+    assert "thanks_name" not in session_contents(app, client)
+    again = client.get("/thanks")
+    assert "Jane Doe" not in again.get_data(as_text=True)
+    assert again.headers["Cache-Control"] == "no-store"
 
 
 def test_admin_pages_are_never_stored(client):
@@ -142,7 +159,6 @@ def test_changed_stylesheet_is_served_fresh_without_a_restart(settings, tmp_path
     (tmp_path / "static" / "a.css").write_text("body { color: red }\n" * 50)
     client = app.test_client()
     assert b"red" in client.get("/static/a.css").data
-    time.sleep(0.01)
     (tmp_path / "static" / "a.css").write_text("body { color: blue }\n" * 60)
     assert b"blue" in client.get("/static/a.css").data
 
@@ -251,6 +267,37 @@ def test_behind_a_trusted_proxy_each_visitor_has_their_own_limit(settings):
     assert send("10.0.0.2, 203.0.113.8") == 429
 
 
+def test_an_ipv6_client_is_limited_by_its_64_network(settings):
+    settings["CONTACT_RATE_LIMIT"] = "2 per minute"
+    client = create_app(settings).test_client()
+
+    def send(address: str) -> int:
+        data = {**form_fields(client.get("/").get_data(as_text=True)), **valid_lead()}
+        return client.post("/contact", data=data, environ_base={"REMOTE_ADDR": address}).status_code
+
+    # One household's /64 holds more addresses than could ever be counted one by one.
+    assert [send(a) for a in ["2001:db8:0:1::1", "2001:db8:0:1::2", "2001:db8:0:1:ffff:ffff:ffff:3"]] == [303, 303, 429]
+    assert send("2001:db8:0:2::1") == 303  # the next /64 is someone else
+    assert [send(a) for a in ["198.51.100.1", "198.51.100.2", "198.51.100.2"]] == [303, 303, 303]  # IPv4 as is
+    assert [send("::ffff:198.51.100.1"), send("::ffff:198.51.100.1")] == [303, 429]  # IPv4 in IPv6 clothing
+
+
+@pytest.mark.parametrize(
+    "peer, key",
+    [
+        ("203.0.113.9", "203.0.113.9"),
+        ("2001:db8:aa:bb:cc:dd:ee:ff", "2001:db8:aa:bb::/64"),
+        ("::1", "::/64"),
+        ("::ffff:203.0.113.9", "203.0.113.9"),
+    ],
+)
+def test_client_address_keys_ipv6_by_its_64(app, peer, key):
+    from extensions import client_address
+
+    with app.test_request_context("/", environ_base={"REMOTE_ADDR": peer}):
+        assert client_address() == key
+
+
 def test_rate_limit_counters_live_in_a_file_shared_by_workers(app):
     assert app.config["RATELIMIT_STORAGE_URI"].startswith("sqlite:///")
     client = app.test_client()
@@ -280,6 +327,18 @@ def test_each_request_is_logged_in_one_line_without_query_or_secrets(client, cap
     assert "knee" not in caplog.text
     assert fields["csrf_token"] not in caplog.text
     assert fields["form_token"] not in caplog.text
+
+
+def test_a_path_with_control_characters_cannot_forge_a_log_line(app, caplog):
+    import logging
+
+    caplog.set_level("INFO")
+    app.test_client().get("/x%0a2026-11-29 INFO clinic: lead 7 stored%0d%1b[2J%e2%80%a8")
+    logging.getLogger("another.library").warning("from %s", "a\nb")
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(m.startswith("GET /x\\n2026-11-29 INFO clinic: lead 7 stored\\r\\x1b[2J") for m in messages)
+    assert "from a\\nb" in messages  # every logger, not only the site's
+    assert not any(re.search("[\x00-\x1f\x7f-\x9f]", m) for m in messages)
 
 
 # Against the real gunicorn
@@ -364,18 +423,36 @@ def test_gunicorn_logs_hold_no_message_password_or_token(serve, smtp):
             assert c.value not in log
 
 
-def test_rate_counter_windows_restart_and_ended_ones_are_dropped(tmp_path):
-    import db
+@pytest.mark.slow
+def test_gunicorn_log_has_one_line_per_request_whatever_the_path(serve):
+    server = serve()
+    forged = "2026-11-29 09:00:00,000 INFO clinic: lead 1 stored"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        path = "/x%0a" + urllib.parse.quote(forged) + "%0d%1b[2J"
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        assert sock.recv(100).startswith(b"HTTP/1.1 404 ")
+    expected = "GET /x\\n" + forged + "\\r\\x1b[2J 404 "
+    deadline = time.monotonic() + 10
+    while expected not in server.output() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = server.output()
+    assert expected in log
+    assert not any(line.startswith(forged) for line in log.splitlines())
+    assert "\x1b" not in log and "\r" not in log
 
-    conn = db.open_rate_store(str(tmp_path / "limits.db"))
-    assert [db.rate_hit(conn, "a", 60, 1, now) for now in (100, 110, 159)] == [1, 2, 3]
-    assert db.rate_count(conn, "a", 159) == 3
-    assert db.rate_hit(conn, "a", 60, 1, 160) == 1  # the window ended at 160: a new one starts
-    assert db.rate_expiry(conn, "a") == 220
-    db.rate_hit(conn, "b", 60, 1, 200)
-    assert db.rate_forget_expired(conn, 230) == 1  # "a" ended at 220, "b" runs to 260
-    assert db.rate_count(conn, "b", 230) == 1
-    db.close_rate_store(conn)
+
+def test_rate_counter_windows_restart_and_ended_ones_are_dropped(tmp_path):
+    import ratelimit
+
+    conn = ratelimit.open_store(str(tmp_path / "limits.db"))
+    assert [ratelimit.count_hit(conn, "a", 60, 1, now) for now in (100, 110, 159)] == [1, 2, 3]
+    assert ratelimit.hits_in_window(conn, "a", 159) == 3
+    assert ratelimit.count_hit(conn, "a", 60, 1, 160) == 1  # the window ended at 160: a new one starts
+    assert ratelimit.window_end(conn, "a") == 220
+    ratelimit.count_hit(conn, "b", 60, 1, 200)
+    assert ratelimit.forget_ended(conn, 230) == 1  # "a" ended at 220, "b" runs to 260
+    assert ratelimit.hits_in_window(conn, "b", 230) == 1
+    conn.close()
 
 
 def test_first_visit_without_a_cookie_gets_a_working_form(app):
@@ -398,9 +475,6 @@ def test_first_visit_without_a_cookie_gets_a_working_form(app):
 
 
 def test_first_visit_page_matches_the_full_render(app):
-    def without_tokens(html: str) -> str:
-        return re.sub(r'(name="(csrf_token|form_token)" type="hidden" value=")[^"]*', r"\1", html)
-
     full = app.test_client().get("/").get_data(as_text=True)  # built through Flask
     fast = app.test_client().get("/").get_data(as_text=True)
     assert without_tokens(fast) == without_tokens(full)
@@ -413,3 +487,73 @@ def test_first_visit_over_https_gets_the_host_prefixed_secure_cookie(settings):
     app.test_client().get("/", base_url="https://localhost")
     cookie = app.test_client().get("/", base_url="https://localhost").headers["Set-Cookie"]
     assert cookie.startswith("__Host-session=") and "Secure" in cookie
+
+
+def without_tokens(html: str) -> str:
+    return re.sub(r'(name="(csrf_token|form_token)" type="hidden" value=")[^"]*', r"\1", html)
+
+
+def visible_answer(app, response) -> dict:
+    """What a browser gets from a first visit, with the per-visit tokens masked."""
+    [cookie] = response.headers.getlist("Set-Cookie")
+    name, _, value_and_attributes = cookie.partition("=")
+    value, *attributes = value_and_attributes.split("; ")
+    session = app.session_interface.get_signing_serializer(app).loads(value)
+    return {
+        "status": response.status,
+        "headers": sorted((k, v) for k, v in response.headers.items() if k not in ("Set-Cookie", "Content-Length")),
+        "cookie": (name, sorted(attributes), sorted(session)),
+        "body": without_tokens(response.get_data(as_text=True)),
+    }
+
+
+FIRST_VISITS = [
+    ("GET", "/", {}),
+    (
+        "GET",
+        "/?utm_source=fb&utm_medium=cpc&utm_campaign=a%22%3Cb%3E&utm_source=second&other=1",
+        {"Referer": 'https://news.example/?q=<x>&y="1"', "Cookie": "analytics=1"},
+    ),
+    ("GET", "/?utm_campaign=caf%C3%A9+%E2%9C%93&utm_medium=%ZZ", {"Referer": "https://news.example/café"}),
+    ("HEAD", "/", {}),
+]
+
+
+@pytest.mark.parametrize("https", [False, True], ids=["http", "https"])
+@pytest.mark.parametrize("method, path, headers", FIRST_VISITS)
+def test_first_visit_fast_path_answers_exactly_as_flask_does(settings, https, method, path, headers):
+    site = {"HTTPS": True, "SITE_URL": "https://clinic.example"} if https else {"SITE_URL": "http://localhost"}
+    base_url = "https://clinic.example" if https else "http://localhost"
+    fast = create_app({**settings, **site})
+    flask_only = create_app({**settings, **site, "FIRST_VISIT_FAST_PATH": False})
+    answers = []
+    for app in (fast, flask_only):
+        dispatched = []
+        app.before_request(lambda dispatched=dispatched: dispatched.append(request.path))
+        app.test_client().get("/", base_url=base_url)  # the process's first visit builds the cached page
+        dispatched.clear()
+        response = app.test_client().open(path, method=method, headers=headers, base_url=base_url)
+        assert len(response.get_data()) == (int(response.headers["Content-Length"]) if method == "GET" else 0)
+        answers.append((visible_answer(app, response), dispatched))
+    (fast_answer, fast_dispatched), (flask_answer, flask_dispatched) = answers
+    assert (fast_dispatched, flask_dispatched) == ([], ["/"])  # each took the path it should
+    assert fast_answer == flask_answer
+    assert fast_answer["cookie"][0] == ("__Host-session" if https else "session")
+
+
+def test_a_failing_fast_path_leaves_first_visits_to_flask(app, monkeypatch, caplog):
+    app.test_client().get("/")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a library changed under the fast path")
+
+    monkeypatch.setattr(serving, "visit_fields", broken)  # only the fast path calls it through serving
+    for n in range(2):
+        visitor = app.test_client()
+        page = visitor.get(f"/?utm_source=visit{n}")
+        assert page.status_code == 200
+        fields = form_fields(page.get_data(as_text=True))
+        assert fields["utm_source"] == f"visit{n}"
+        assert visitor.post("/contact", data={**fields, **valid_lead()}).status_code == 303
+    assert caplog.text.count("the first-visit fast path failed") == 1
+    assert "RuntimeError: a library changed under the fast path" in caplog.text
