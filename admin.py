@@ -39,7 +39,6 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 import db
 import notify
-import reminders
 from extensions import client_address
 from forms import STATUS_LABELS, LeadUpdateForm, LoginForm
 
@@ -529,7 +528,7 @@ def status():
 @bp.post("/status/test-email")
 def send_test_email():
     """Queue a test email to the clinic's mailbox."""
-    email = reminders.check_email(g.account["username"], current_app.config)
+    email = notify.check_email(g.account["username"], current_app.config)
     db.enqueue_email(db.get_db(), email, db.utcnow())
     notify.wake.set()
     audit("test email queued")

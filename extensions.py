@@ -2,11 +2,9 @@
 
 from flask import request
 from flask_limiter import Limiter
-from flask_mail import Mail
 from flask_wtf.csrf import CSRFProtect
 
 csrf = CSRFProtect()
-mail = Mail()
 
 
 def client_address() -> str:
