@@ -17,8 +17,9 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 run: $(BIN)/.installed
 	PORT=$(PORT) $(BIN)/gunicorn -c gunicorn.conf.py "app:create_app()"
 
+# The debug server reloads on changes; create_dev_app also starts the email sender, as gunicorn's workers do.
 dev: $(BIN)/.installed
-	$(BIN)/flask --app app run --debug --port $(PORT)
+	$(BIN)/flask --app "app:create_dev_app()" run --debug --port $(PORT)
 
 # axe-core for the accessibility tests, Lighthouse for `make lighthouse` (package-lock.json pins both).
 node_modules/.installed: package.json package-lock.json

@@ -19,6 +19,7 @@ from flask import (
 )
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
+from werkzeug.serving import is_running_from_reloader
 
 import admin
 import article
@@ -26,7 +27,7 @@ import config
 import db
 import notify
 import serving
-from extensions import csrf, limiter, mail
+from extensions import csrf, limiter
 from forms import LeadForm, new_form_token, read_form_token, visit_fields
 
 log = logging.getLogger("clinic")
@@ -42,7 +43,6 @@ def create_app(overrides: dict | None = None) -> Flask:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     db.init_app(app)
     csrf.init_app(app)
-    mail.init_app(app)
     limiter.init_app(app)
     app.register_blueprint(bp)
     admin.init_app(app)
@@ -62,10 +62,18 @@ def start_background(app: Flask) -> None:
 
 
 def stop_background(app: Flask) -> None:
-    """Ask the background threads to stop after what they are doing (gunicorn's worker_exit hook)."""
-    stop = app.extensions.get("outbox_stop")
-    if stop is not None:
-        stop.set()
+    """Stop the background threads after what they are doing, waiting a bounded time (gunicorn's worker_exit hook)."""
+    stop_outbox = app.extensions.pop("outbox_stop", None)
+    if stop_outbox is not None:
+        stop_outbox()
+
+
+def create_dev_app() -> Flask:
+    """The site under flask's debug server (`make dev`), which sends email as a gunicorn worker does."""
+    app = create_app()
+    if is_running_from_reloader():  # the reloader's child serves; its parent only watches files
+        start_background(app)
+    return app
 
 
 def register_templates(app: Flask) -> None:
@@ -244,6 +252,10 @@ def sitemap():
 
 @bp.get("/healthz")
 def health():
-    """Answer 200 when the database can be read."""
-    db.ping(db.get_db())
-    return {"status": "ok"}
+    """For uptime monitors: 200 with the emails waiting and failed, 503 when the database cannot be read."""
+    try:
+        counts = db.email_counts(db.get_db())
+    except sqlite3.Error as error:
+        log.error("health check: the database cannot be read: %s", error)
+        return {"database": f"cannot be read: {error}"}, 503
+    return {"database": "ok", "emails_waiting": counts["waiting"], "emails_failed": counts["failed"]}

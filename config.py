@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parent
 SETTINGS: dict[str, tuple[object, type]] = {
     "SECRET_KEY": (None, str),
     "DATA_DIR": (str(ROOT / "data"), str),
-    "DATABASE": (None, str),
+    "DATABASE_PATH": (None, str),
+    "DATABASE": (None, str),  # the older name of DATABASE_PATH
     "SITE_URL": ("http://127.0.0.1:8000", str),
     "CLINIC_NAME": ("Acupuncture Halls", str),
     "CLINIC_PHONE": ("+19495106333", str),
@@ -27,16 +28,18 @@ SETTINGS: dict[str, tuple[object, type]] = {
     "NOTIFY_DETAILS": (True, bool),
     "SPAM_MIN_SECONDS": (3.0, float),
     "CONTACT_RATE_LIMIT": ("5 per minute;30 per hour", str),
+    "RATELIMIT_ENABLED": (True, bool),
     "RATELIMIT_STORAGE_URI": ("sqlite://", str),
     "MAX_CONTENT_LENGTH": (64 * 1024, int),
     "MAIL_SERVER": (None, str),
     "MAIL_PORT": (25, int),
-    "MAIL_USE_TLS": (False, bool),
-    "MAIL_USE_SSL": (False, bool),
+    "MAIL_USE_TLS": (None, bool),  # unset: on for port 587
+    "MAIL_USE_SSL": (None, bool),  # unset: on for port 465
     "MAIL_USERNAME": (None, str),
     "MAIL_PASSWORD": (None, str),
     "MAIL_DEFAULT_SENDER": ("Clinic website <no-reply@acupuncturehalls.example>", str),
     "MAIL_TIMEOUT": (10.0, float),
+    "SSL_CERT_FILE": (None, str),  # read by OpenSSL itself; checked here so a typo stops start-up
     "OUTBOX_WORKER": (True, bool),
     "OUTBOX_POLL_SECONDS": (5.0, float),
     "OUTBOX_STALE_SECONDS": (120.0, float),
@@ -93,7 +96,7 @@ def finish(config: dict) -> dict:
     """Fill the settings derived from others: database path, secret key, cookies, mail."""
     data_dir = Path(config["DATA_DIR"])
     data_dir.mkdir(parents=True, exist_ok=True)
-    config["DATABASE"] = config["DATABASE"] or str(data_dir / "leads.db")
+    config["DATABASE"] = config["DATABASE_PATH"] = database_path(config, data_dir)
     if not config["SECRET_KEY"]:
         config["SECRET_KEY"] = stored_secret(data_dir / "secret_key")
     config["SITE_URL"] = config["SITE_URL"].rstrip("/")
@@ -105,14 +108,35 @@ def finish(config: dict) -> dict:
         config["PREFERRED_URL_SCHEME"] = "https"
     # An hour-old form must still send; the form view renews a stale token itself.
     config["WTF_CSRF_TIME_LIMIT"] = None
-    config["MAIL_SUPPRESS_SEND"] = False
     config["RATELIMIT_HEADERS_ENABLED"] = False
     if config["RATELIMIT_STORAGE_URI"] == "sqlite://":  # one counter file that every worker shares
         config["RATELIMIT_STORAGE_URI"] = f"sqlite://{(data_dir / 'ratelimit.db').resolve()}"
     config["RATELIMIT_SWALLOW_ERRORS"] = True  # a broken counter store must not turn a lead away
+    finish_mail(config)
     config["WORK_HOURS"] = parse_hours(config["CLINIC_HOURS"])
     config["WORK_DAYS"] = parse_days(config["CLINIC_DAYS"])
     return config
+
+
+def database_path(config: dict, data_dir: Path) -> str:
+    """The database file: DATABASE_PATH, or its older name DATABASE, or leads.db in DATA_DIR."""
+    path, old = config["DATABASE_PATH"], config["DATABASE"]
+    if path and old and Path(path) != Path(old):
+        raise ConfigError(f"DATABASE_PATH={path!r} and DATABASE={old!r} differ: set only DATABASE_PATH")
+    return path or old or str(data_dir / "leads.db")
+
+
+def finish_mail(config: dict) -> None:
+    """Choose the SMTP encryption from the port unless set (587 STARTTLS, 465 TLS); check SSL_CERT_FILE."""
+    if config["MAIL_USE_SSL"] is None:
+        config["MAIL_USE_SSL"] = config["MAIL_PORT"] == 465 and not config["MAIL_USE_TLS"]
+    if config["MAIL_USE_TLS"] is None:
+        config["MAIL_USE_TLS"] = config["MAIL_PORT"] == 587 and not config["MAIL_USE_SSL"]
+    if config["MAIL_USE_TLS"] and config["MAIL_USE_SSL"]:
+        raise ConfigError("MAIL_USE_TLS and MAIL_USE_SSL are both on: use TLS (port 587) or SSL (port 465)")
+    cert_file = config["SSL_CERT_FILE"]
+    if cert_file and not Path(cert_file).is_file():
+        raise ConfigError(f"SSL_CERT_FILE={cert_file!r}: no such file")
 
 
 DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]

@@ -216,7 +216,7 @@ def claim_due_emails(db: Database, now: str, stale_before: str, limit: int = 10)
             SELECT id FROM outbox
             WHERE (status = 'pending' AND next_attempt_at <= :now)
                OR (status = 'sending' AND claimed_at < :stale)
-            ORDER BY next_attempt_at LIMIT :limit
+            ORDER BY next_attempt_at, id LIMIT :limit
         )
         RETURNING *
         """,
@@ -229,6 +229,18 @@ def next_due_at(db: Database) -> str | None:
     """Return when the next pending email is due, or None when none waits."""
     row = next(db.query("SELECT min(next_attempt_at) AS due FROM outbox WHERE status = 'pending'"))
     return row["due"]
+
+
+def defer_waiting_emails(db: Database, now: str, error: str, retry_at: str) -> int:
+    """Move every waiting email due before `retry_at` to then, with the reason; return how many moved."""
+    with write(db):
+        return db.execute(
+            """
+        UPDATE outbox SET next_attempt_at = ?, last_error = ?, updated_at = ?
+        WHERE status = 'pending' AND next_attempt_at < ?
+        """,
+            [retry_at, error, now, retry_at],
+        ).rowcount
 
 
 def _record_attempt(db: Database, outbox_id: int, now: str, error: str | None) -> None:
@@ -633,8 +645,19 @@ def email_health(db: Database) -> dict:
         """
         )
     )
-    waiting = next(db.query("SELECT count(*) AS n FROM outbox WHERE status IN ('pending', 'sending')"))["n"]
-    return {"last_sent_at": last, "troubled": troubled, "waiting": waiting}
+    return {"last_sent_at": last, "troubled": troubled, "waiting": email_counts(db)["waiting"]}
+
+
+def email_counts(db: Database) -> dict[str, int]:
+    """How many emails wait to be sent and how many failed for good (the health check's numbers)."""
+    return next(
+        db.query(
+            """
+        SELECT (SELECT count(*) FROM outbox WHERE status IN ('pending', 'sending')) AS waiting,
+               (SELECT count(*) FROM outbox WHERE status = 'failed') AS failed
+        """
+        )
+    )
 
 
 def leads_to_remind(db: Database, created_after: str, created_before: str) -> list[dict]:

@@ -109,6 +109,12 @@ class LeadForm(FlaskForm):
     utm_campaign = HiddenField(filters=[clip(200)])
     referrer = HiddenField(filters=[clip(500)])
 
+    def validate_name(self, field: StringField) -> None:
+        """Refuse a name with a line break inside (no browser sends one; the email's subject carries the name)."""
+        raw = field.raw_data[0] if field.raw_data else ""
+        if len(raw.strip().splitlines()) > 1:
+            raise ValidationError("Please write your name on one line.")
+
     def validate_phone(self, field: StringField) -> None:
         """Accept a number we can dial and store it as E.164 (+19495106333)."""
         if not field.data:

@@ -45,4 +45,5 @@ def worker_exit(server, worker):
     """A worker that shuts down stops its background threads after their current step."""
     from app import stop_background
 
-    stop_background(worker.wsgi)
+    if getattr(worker, "wsgi", None) is not None:  # the arbiter also calls this for a worker that never loaded
+        stop_background(worker.wsgi)

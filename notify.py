@@ -3,17 +3,20 @@
 import contextlib
 import logging
 import smtplib
+import ssl
 import threading
 import unicodedata
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from email.utils import make_msgid
+from email import policy
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 from flask import Flask, current_app, render_template
 from flask.cli import AppGroup
-from flask_mail import Connection, Message
 
 import db
 import reminders
@@ -23,6 +26,7 @@ log = logging.getLogger("clinic.outbox")
 BACKOFF_FIRST_SECONDS = 2
 BACKOFF_MAX_SECONDS = 60
 GIVE_UP_AFTER = timedelta(days=3)  # of temporary failures; the owner can still resend
+STOP_WAIT_SECONDS = 5  # a worker shutting down waits this long for the sender's current attempt
 
 wake = threading.Event()
 
@@ -38,7 +42,12 @@ def header_safe(value: str | None) -> str:
 def lead_email(lead: dict, config: dict) -> dict:
     """Return the outbox row for a new lead's notification, rendered now."""
     link = f"{config['SITE_URL']}/admin/leads/{lead['id']}"
-    context = {"lead": lead, "link": link, "details": config["NOTIFY_DETAILS"]}
+    context = {
+        "lead": lead,
+        "link": link,
+        "details": config["NOTIFY_DETAILS"],
+        "referrer": origin_and_path(lead.get("referrer")),
+    }
     if config["NOTIFY_DETAILS"]:
         subject = f"New appointment request: {lead['name']}"
         reply_to = lead.get("email") or None
@@ -57,27 +66,91 @@ def lead_email(lead: dict, config: dict) -> dict:
     }
 
 
-def build_message(row: dict) -> Message:
-    """Turn an outbox row into a flask-mail Message with its stable Message-ID."""
-    msg = Message(
-        subject=header_safe(row["subject"]),
-        recipients=[header_safe(row["to_addr"])],
-        body=row["body_text"],
-        html=row["body_html"] or None,
-        reply_to=header_safe(row["reply_to"]) or None,
-    )
-    msg.msgId = row["message_id"]
-    return msg
+def check_email(actor: str, config: dict) -> dict:
+    """Return the outbox row of a test email the owner asked for."""
+    context = {"actor": actor, "link": f"{config['SITE_URL']}/admin/status"}
+    return {
+        "lead_id": None,
+        "kind": "test",
+        "message_id": make_msgid(domain="clinic-site"),
+        "to_addr": config["CLINIC_EMAIL"],
+        "reply_to": None,
+        "subject": "Test email from the clinic website",
+        "body_text": render_template("email/test.txt", **context),
+        "body_html": render_template("email/test.html", **context),
+    }
 
 
-def open_smtp(state, timeout: float) -> smtplib.SMTP:
-    """Connect as flask-mail would, but with every socket wait capped at `timeout`."""
-    smtp_class = smtplib.SMTP_SSL if state.use_ssl else smtplib.SMTP
-    host = smtp_class(state.server, state.port, timeout=timeout)
-    if state.use_tls:
-        host.starttls()
-    if state.username and state.password:
-        host.login(state.username, state.password)
+def origin_and_path(url: str | None) -> str:
+    """What the email shows of the page the browser says the visitor came from: origin and path only."""
+    if not url:
+        return ""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if parts.scheme not in ("http", "https") or not host:
+        return "(not a web address)"
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{port}" if port else "")
+    return f"{parts.scheme}://{netloc}{parts.path}"
+
+
+def build_message(row: dict, sender: str) -> EmailMessage:
+    """Turn an outbox row into an email with its stable Message-ID.
+
+    Bodies are quoted-printable, so no line passes 76 characters: SMTP servers refuse lines over
+    998, and a visitor's message may be one long line.
+    """
+    message = EmailMessage(policy=policy.SMTP)
+    message["From"] = sender
+    message["To"] = header_safe(row["to_addr"])
+    if header_safe(row["reply_to"]):
+        message["Reply-To"] = header_safe(row["reply_to"])
+    message["Subject"] = header_safe(row["subject"])
+    message["Date"] = format_datetime(datetime.fromisoformat(row["created_at"]))
+    message["Message-ID"] = row["message_id"]
+    message.set_content(row["body_text"], cte="quoted-printable")
+    if row["body_html"]:
+        message.add_alternative(row["body_html"], subtype="html", cte="quoted-printable")
+    return message
+
+
+class MailServerUnavailable(Exception):
+    """No usable connection to MAIL_SERVER: refused, timed out, certificate not trusted, login refused."""
+
+
+class InsecureMailLogin(Exception):
+    """A login is configured for a connection that would not be encrypted."""
+
+
+def smtp_connect(config: dict) -> smtplib.SMTP:
+    """Connect to MAIL_SERVER within MAIL_TIMEOUT, encrypt with a verified certificate if set, log in.
+
+    The default context checks the certificate and the host name against the system's CAs, or
+    the file named by SSL_CERT_FILE (OpenSSL reads it). A password never crosses a connection
+    that is not encrypted.
+    """
+    server, port, timeout = config["MAIL_SERVER"], config["MAIL_PORT"], config["MAIL_TIMEOUT"]
+    encrypted = config["MAIL_USE_SSL"] or config["MAIL_USE_TLS"]
+    if (config["MAIL_USERNAME"] or config["MAIL_PASSWORD"]) and not encrypted:
+        raise InsecureMailLogin(
+            "MAIL_USERNAME is set but the connection would not be encrypted, so the password was not sent: "
+            "set MAIL_USE_TLS=true (port 587) or MAIL_USE_SSL=true (port 465)"
+        )
+    context = ssl.create_default_context()
+    if config["MAIL_USE_SSL"]:
+        host = smtplib.SMTP_SSL(server, port, timeout=timeout, context=context)
+    else:
+        host = smtplib.SMTP(server, port, timeout=timeout)
+    try:
+        if config["MAIL_USE_TLS"]:
+            host.starttls(context=context)  # raises if the server does not offer it: never falls back
+        if config["MAIL_USERNAME"]:
+            host.login(config["MAIL_USERNAME"], config["MAIL_PASSWORD"] or "")
+    except BaseException:
+        host.close()
+        raise
     return host
 
 
@@ -87,37 +160,44 @@ def eml_path(message_id: str, config: dict) -> Path:
     return Path(config["DATA_DIR"]) / "mail" / f"{name}.eml"
 
 
-def write_eml(message: Message, config: dict) -> str:
+def write_eml(message: EmailMessage, config: dict) -> str:
     """Keep the message as a file under data/mail/ (no mail server set); say where."""
-    path = eml_path(message.msgId, config)
+    path = eml_path(message["Message-ID"], config)
     path.parent.mkdir(exist_ok=True)
     path.write_bytes(message.as_bytes())
     return f"written to {path}"
 
 
 @contextlib.contextmanager
-def mailer(config: dict) -> Iterator[Callable[[Message], str]]:
-    """Yield a send function that opens one SMTP connection when first needed and reuses it."""
+def mailer(config: dict) -> Iterator[Callable[[EmailMessage], str]]:
+    """Yield a send function that connects when first needed and keeps the connection for the pass.
+
+    A failure to connect raises MailServerUnavailable, which ends the pass.
+    """
     if not config["MAIL_SERVER"]:
         yield lambda message: write_eml(message, config)
         return
-    state = current_app.extensions["mail"]
-    connection = Connection(state)
+    host: smtplib.SMTP | None = None
 
     def hang_up() -> None:
-        if connection.host is not None:
+        nonlocal host
+        if host is not None:
             try:
-                connection.host.quit()
+                host.quit()
             except (smtplib.SMTPException, OSError):
-                connection.host.close()
-            connection.host = None
+                host.close()
+            host = None
 
-    def send(message: Message) -> str:
-        reused = connection.host is not None
-        if not reused:
-            connection.host = open_smtp(state, config["MAIL_TIMEOUT"])
+    def send(message: EmailMessage) -> str:
+        nonlocal host
+        reused = host is not None
+        if host is None:
+            try:
+                host = smtp_connect(config)
+            except Exception as error:
+                raise MailServerUnavailable(describe(error)) from error
         try:
-            connection.send(message)
+            host.send_message(message)
         except smtplib.SMTPServerDisconnected:
             hang_up()
             if not reused:
@@ -152,6 +232,11 @@ def describe(error: Exception) -> str:
     if isinstance(error, smtplib.SMTPRecipientsRefused):
         parts = [f"{addr}: {code} {msg.decode(errors='replace')}" for addr, (code, msg) in error.recipients.items()]
         return header_safe("refused " + "; ".join(parts))[:500]
+    if isinstance(error, (MailServerUnavailable, InsecureMailLogin)):
+        return header_safe(str(error))[:500]
+    if isinstance(error, ssl.SSLCertVerificationError):
+        hint = "the mail server's certificate is not trusted (a private CA goes in SSL_CERT_FILE)"
+        return header_safe(f"{hint}: {error.verify_message or error}")[:500]
     return header_safe(f"{type(error).__name__}: {error}")[:500] or type(error).__name__
 
 
@@ -160,11 +245,16 @@ def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * 2 ** max(0, attempts - 1)))
 
 
-def send_one(database, row: dict, send: Callable[[Message], str], now: datetime) -> bool:
-    """Try one claimed email and record the outcome; return True if it went out."""
+def send_one(database, row: dict, send: Callable[[EmailMessage], str], now: datetime, config: dict) -> bool:
+    """Try one claimed email and record the outcome; return True if it went out.
+
+    MailServerUnavailable passes through unrecorded: the caller backs off every waiting email.
+    """
     stamp = now.isoformat(timespec="seconds")
     try:
-        where = send(build_message(row))
+        where = send(build_message(row, config["MAIL_DEFAULT_SENDER"]))
+    except MailServerUnavailable:
+        raise
     except Exception as error:  # noqa: BLE001 - any failure must be recorded, never lose the row
         reason = describe(error)
         age = now - datetime.fromisoformat(row["created_at"])
@@ -194,12 +284,28 @@ def send_one(database, row: dict, send: Callable[[Message], str], now: datetime)
     return True
 
 
-def drain(database, config: dict, now: datetime | None = None) -> int:
-    """Send every email that is due; return how many went out."""
+def back_off_all(database, row: dict, reason: str, now: datetime, config: dict) -> None:
+    """The mail server cannot be used: record the one attempt, move every waiting email to the same later time."""
+    stamp = now.isoformat(timespec="seconds")
+    retry_at = (now + backoff(row["attempts"])).isoformat(timespec="seconds")
+    db.mark_retry(database, row["id"], stamp, reason, retry_at)
+    others = db.defer_waiting_emails(database, stamp, reason, retry_at)
+    log.warning(
+        "mail server %s:%s unavailable; %s email(s) wait until %s: %s",
+        config["MAIL_SERVER"],
+        config["MAIL_PORT"],
+        others + 1,
+        retry_at,
+        reason,
+    )
+
+
+def drain(database, config: dict, now: datetime | None = None, stop: threading.Event | None = None) -> int:
+    """Send every email that is due, until the server is unavailable or `stop` is set; return how many went out."""
     sent = 0
     reminders.queue_due(database, config, now or datetime.now(UTC))
     with mailer(config) as send:
-        while True:
+        while not (stop and stop.is_set()):
             moment = now or datetime.now(UTC)
             stamp = moment.isoformat(timespec="seconds")
             # A claim older than this is far beyond any SMTP timeout: its sender died.
@@ -208,8 +314,13 @@ def drain(database, config: dict, now: datetime | None = None) -> int:
             # batch of claims past OUTBOX_STALE_SECONDS and let another sender take them.
             rows = db.claim_due_emails(database, stamp, stale, limit=1)
             if not rows:
-                return sent
-            sent += send_one(database, rows[0], send, moment)
+                break
+            try:
+                sent += send_one(database, rows[0], send, moment, config)
+            except MailServerUnavailable as error:
+                back_off_all(database, rows[0], str(error), moment, config)
+                break
+    return sent
 
 
 def seconds_until_due(database, poll: float) -> float:
@@ -228,7 +339,7 @@ def run_sender(app: Flask, stop: threading.Event) -> None:
     with app.app_context():
         while not stop.is_set():
             try:
-                drain(database, app.config)
+                drain(database, app.config, stop=stop)
                 wait = seconds_until_due(database, poll)
             except Exception:
                 log.exception("outbox sender hit an error; trying again shortly")
@@ -238,15 +349,23 @@ def run_sender(app: Flask, stop: threading.Event) -> None:
     database.close()
 
 
-def start_worker(app: Flask) -> threading.Event | None:
-    """Start this process's sender thread, unless the config turns it off."""
+def start_worker(app: Flask) -> Callable[[], None] | None:
+    """Start this process's sender thread, unless the config turns it off; return what stops it."""
     if not app.config["OUTBOX_WORKER"]:
         return None
     stop = threading.Event()
-    threading.Thread(target=run_sender, args=(app, stop), name="outbox-sender", daemon=True).start()
+    thread = threading.Thread(target=run_sender, args=(app, stop), name="outbox-sender", daemon=True)
+    thread.start()
     if not app.config["MAIL_SERVER"]:
         log.warning("MAIL_SERVER is not set: emails are written to %s", Path(app.config["DATA_DIR"]) / "mail")
-    return stop
+
+    def stop_worker() -> None:
+        """Let the sender finish its current attempt, then end; wait for it a bounded time."""
+        stop.set()
+        wake.set()
+        thread.join(STOP_WAIT_SECONDS)
+
+    return stop_worker
 
 
 def init_app(app: Flask) -> None:
@@ -260,11 +379,18 @@ def outbox_cli() -> None:
 
 
 @outbox_cli.command("send")
-def send_command() -> None:
+@click.option("--to-files", is_flag=True, help="With no MAIL_SERVER, write .eml files under DATA_DIR/mail.")
+def send_command(to_files: bool) -> None:
     """Send every email that is due now, once."""
-    database = db.connect(current_app.config["DATABASE"])
+    config = current_app.config
+    if not config["MAIL_SERVER"] and not to_files:
+        raise click.ClickException(
+            "MAIL_SERVER is not set, so nobody would receive these emails; nothing was sent. "
+            "Run this with the server's mail settings, or pass --to-files to write them under DATA_DIR/mail."
+        )
+    database = db.connect(config["DATABASE"])
     try:
-        sent = drain(database, current_app.config)
+        sent = drain(database, config)
     finally:
         database.close()
     click.echo(f"{sent} email(s) sent")

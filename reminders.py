@@ -1,4 +1,4 @@
-"""Speed to lead: a reminder when a request waits too long, and the owner's test email."""
+"""Speed to lead: a reminder when a request waits too long."""
 
 import logging
 import sqlite3
@@ -46,21 +46,6 @@ def reminder_email(lead: dict, waited_hours: float, config: dict) -> dict:
         "subject": f"Still waiting for a call back: request #{lead['id']}",
         "body_text": render_template("email/reminder.txt", **context),
         "body_html": render_template("email/reminder.html", **context),
-    }
-
-
-def check_email(actor: str, config: dict) -> dict:
-    """Return the outbox row of a test email the owner asked for."""
-    context = {"actor": actor, "link": f"{config['SITE_URL']}/admin/status"}
-    return {
-        "lead_id": None,
-        "kind": "test",
-        "message_id": make_msgid(domain="clinic-site"),
-        "to_addr": config["CLINIC_EMAIL"],
-        "reply_to": None,
-        "subject": "Test email from the clinic website",
-        "body_text": render_template("email/test.txt", **context),
-        "body_html": render_template("email/test.html", **context),
     }
 
 

@@ -82,4 +82,4 @@ def test_stylesheet_url_carries_a_content_hash(client):
 
 
 def test_health_check(client):
-    assert client.get("/healthz").get_json() == {"status": "ok"}
+    assert client.get("/healthz").get_json() == {"database": "ok", "emails_waiting": 0, "emails_failed": 0}

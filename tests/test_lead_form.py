@@ -76,6 +76,10 @@ def test_referring_page_is_kept(app, client):
     [
         ({"name": ""}, "name", "Please tell us your name."),
         ({"name": "x" * 101}, "name", "under 100 characters"),
+        ({"name": "Jane\r\nBcc: x@example.com"}, "name", "Please write your name on one line."),
+        ({"name": "Jane\nDoe"}, "name", "Please write your name on one line."),
+        ({"name": "Jane\rDoe"}, "name", "Please write your name on one line."),
+        ({"name": "Jane\u2028Doe"}, "name", "Please write your name on one line."),
         ({"phone": "", "email": ""}, "phone", "Please give a phone number or an email address"),
         ({"phone": "12"}, "phone", "Please enter a phone number we can call"),
         ({"email": "jane@"}, "email", "Please enter an email address like name@example.com."),
@@ -86,6 +90,7 @@ def test_referring_page_is_kept(app, client):
 def test_invalid_request_shows_the_message_at_the_field(app, client, overrides, field, message):
     response = post_lead(client, **overrides)
     assert response.status_code == 422
+    assert queued_emails(app) == []
     html = response.get_data(as_text=True)
     assert f'<p class="error" id="{field}-error">' in html
     assert message in html

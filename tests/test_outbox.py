@@ -1,15 +1,20 @@
 """The clinic's notification email, delivered from the outbox to a real SMTP server."""
 
+import asyncio
 import socket
 import threading
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
-from conftest import drain, free_port, post_lead, rows
+from aiosmtpd.controller import Controller
+from conftest import Inbox, drain, free_port, post_lead, rows
 
 import db
 import notify
 from app import create_app, start_background, stop_background
+from forms import MESSAGE_MAX
 
 
 def outbox(app) -> list[dict]:
@@ -71,8 +76,8 @@ def test_html_in_a_lead_is_inert_in_the_html_email(mail_app, smtp):
 @pytest.mark.parametrize("sep", ["\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\u2029"])
 def test_control_characters_cannot_inject_headers(mail_app, smtp, sep):
     name = f"Eve{sep}Bcc: victim@example.com"
-    post_lead(mail_app.test_client(), name=name)
-    # The form already drops these; the email builder must hold even when handed one.
+    # The form refuses a line break in the name; the email builder must hold even when handed one.
+    assert post_lead(mail_app.test_client(), name=name).status_code == 422
     now = db.utcnow()
     lead = {"id": 9, "name": name, "email": f"eve@example.com{sep}Bcc: x@example.com", "created_at": now}
     with mail_app.test_request_context():
@@ -80,11 +85,11 @@ def test_control_characters_cannot_inject_headers(mail_app, smtp, sep):
         with db.connect(mail_app.config["DATABASE"]) as database:
             db.enqueue_email(database, row, now)
     drain(mail_app)
-    for envelope in smtp.envelopes:
-        assert envelope.rcpt_tos == ["owner@clinic.example"]
-        head = envelope.content.split(b"\r\n\r\n")[0]
-        assert b"\r\nBcc:" not in head
-    assert len(smtp.envelopes) == 2, outbox(mail_app)
+    [envelope] = smtp.envelopes
+    assert envelope.rcpt_tos == ["owner@clinic.example"]
+    head = envelope.content.split(b"\r\n\r\n")[0]
+    assert b"\r\nBcc:" not in head
+    assert smtp.messages[0]["Subject"] == "New appointment request: Eve Bcc: victim@example.com"
 
 
 def test_privacy_mode_sends_no_field_data(settings, smtp):
@@ -101,24 +106,72 @@ def test_privacy_mode_sends_no_field_data(settings, smtp):
     assert "https://clinic.example/admin/leads/1" in msg.get_body(("plain",)).get_content()
 
 
-def test_smtp_down_keeps_the_email_until_the_server_is_back(settings, smtp):
-    port = free_port()
-    settings.update(MAIL_SERVER="127.0.0.1", MAIL_PORT=port, MAIL_TIMEOUT=2)
+def outage_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "clinic.outbox" and r.levelname != "INFO"]
+
+
+def test_smtp_outage_costs_one_attempt_and_one_log_line_per_pass(settings, smtp, caplog):
+    settings.update(MAIL_SERVER="127.0.0.1", MAIL_PORT=free_port(), MAIL_TIMEOUT=2)  # nothing listens there
     app = create_app(settings)
-    response = post_lead(app.test_client())
-    assert response.status_code == 303
-    assert drain(app) == 0
-    [row] = outbox(app)
-    assert row["status"] == "pending"
-    assert "Connection refused" in row["last_error"] or "ConnectionRefused" in row["last_error"]
-    first_retry = datetime.fromisoformat(row["next_attempt_at"]) - datetime.fromisoformat(row["updated_at"])
-    assert first_retry <= timedelta(seconds=5)
-    # The server comes up on the configured port; the next due pass delivers.
+    client = app.test_client()
+    for i in range(5):
+        assert post_lead(client, name=f"Visitor {i}").status_code == 303
+    with caplog.at_level("INFO", logger="clinic.outbox"):
+        assert drain(app) == 0
+    assert len(attempts(app)) == 1
+    [line] = outage_lines(caplog)
+    assert "5 email(s) wait" in line and "Connection refused" in line
+    waiting = outbox(app)
+    assert {row["status"] for row in waiting} == {"pending"}
+    assert len({row["next_attempt_at"] for row in waiting}) == 1  # backed off together
+    assert all("Connection refused" in row["last_error"] for row in waiting)
+    retry_at, tried_at = (datetime.fromisoformat(waiting[0][k]) for k in ("next_attempt_at", "updated_at"))
+    assert retry_at - tried_at <= timedelta(seconds=5)
+
+    # The next pass, when they fall due: again one attempt and one line, and a longer wait.
+    caplog.clear()
+    with caplog.at_level("INFO", logger="clinic.outbox"):
+        assert drain(app, now=datetime.now(UTC) + timedelta(seconds=5)) == 0
+    assert len(attempts(app)) == 2
+    assert len(outage_lines(caplog)) == 1
+    assert outbox(app)[0]["next_attempt_at"] > waiting[0]["next_attempt_at"]
+
+    # The server comes up on the configured port; the next due pass delivers all five on one connection.
     app.config["MAIL_PORT"] = smtp.port
-    app.extensions["mail"].port = smtp.port
-    assert drain(app, now=datetime.now(UTC) + timedelta(seconds=5)) == 1
-    assert len(smtp.envelopes) == 1
-    assert [a["ok"] for a in attempts(app)] == [0, 1]
+    assert drain(app, now=datetime.now(UTC) + timedelta(minutes=2)) == 5
+    assert len(smtp.envelopes) == 5 and len(set(smtp.peers)) == 1
+    assert [a["ok"] for a in attempts(app)] == [0, 0, 1, 1, 1, 1, 1]
+
+
+def test_an_outage_opens_one_connection_per_pass(settings):
+    hangs_up = socket.socket()  # accepts a connection and closes it before any greeting
+    hangs_up.bind(("127.0.0.1", 0))
+    hangs_up.listen()
+    hangs_up.settimeout(0.2)
+    accepted = []
+
+    def answer() -> None:
+        while hangs_up.fileno() != -1:
+            try:
+                conn, _ = hangs_up.accept()
+            except OSError:
+                continue
+            accepted.append(1)
+            conn.close()
+
+    listener = threading.Thread(target=answer, daemon=True)
+    listener.start()
+    settings.update(MAIL_SERVER="127.0.0.1", MAIL_PORT=hangs_up.getsockname()[1], MAIL_TIMEOUT=2)
+    app = create_app(settings)
+    for i in range(4):
+        post_lead(app.test_client(), name=f"Visitor {i}")
+    drain(app)
+    drain(app, now=datetime.now(UTC) + timedelta(seconds=5))
+    hangs_up.close()
+    listener.join()
+    assert len(accepted) == 2
+    assert {row["status"] for row in outbox(app)} == {"pending"}
+    assert "closed" in outbox(app)[0]["last_error"]
 
 
 def test_backoff_grows_and_is_capped_at_a_minute():
@@ -229,3 +282,86 @@ def test_outbox_send_command_drains_once(mail_app, smtp):
     result = mail_app.test_cli_runner().invoke(args=["outbox", "send"])
     assert "1 email(s) sent" in result.output
     assert len(smtp.envelopes) == 1
+
+
+def test_outbox_send_without_a_mail_server_refuses_to_write_files(app):
+    post_lead(app.test_client())
+    result = app.test_cli_runner().invoke(args=["outbox", "send"])
+    assert result.exit_code == 1
+    assert "MAIL_SERVER is not set" in result.output and "--to-files" in result.output
+    assert outbox(app)[0]["status"] == "pending"
+    assert not (Path(app.config["DATA_DIR"]) / "mail").exists()
+
+    result = app.test_cli_runner().invoke(args=["outbox", "send", "--to-files"])
+    assert "1 email(s) sent" in result.output
+    assert len(list((Path(app.config["DATA_DIR"]) / "mail").glob("*.eml"))) == 1
+
+
+class Gate(Inbox):
+    """An SMTP handler that holds each message until the test releases it."""
+
+    def __init__(self):
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    async def handle_DATA(self, server, session, envelope):
+        self.entered.set()
+        await asyncio.get_running_loop().run_in_executor(None, self.release.wait, 10)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_a_stopping_worker_ends_its_sender_after_the_current_email(settings):
+    gate = Gate()
+    controller = Controller(gate, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    settings.update(MAIL_SERVER="127.0.0.1", MAIL_PORT=controller.port, OUTBOX_WORKER=True)
+    app = create_app(settings)
+    for i in range(3):
+        post_lead(app.test_client(), name=f"Visitor {i}")
+    notify.wake.clear()
+    start_background(app)
+    try:
+        assert gate.entered.wait(10)  # the first email is on the wire
+        stopper = threading.Thread(target=stop_background, args=(app,))
+        stopper.start()
+        while not notify.wake.is_set():  # set just after the stop request
+            time.sleep(0.01)
+        gate.release.set()
+        stopper.join(10)
+        assert not [t for t in threading.enumerate() if t.name == "outbox-sender"]
+    finally:
+        gate.release.set()
+        controller.stop()
+    assert len(gate.envelopes) == 1
+    assert [row["status"] for row in outbox(app)] == ["sent", "pending", "pending"]
+
+
+def test_the_longest_message_arrives_whole_with_no_line_over_998(mail_app, smtp):
+    words = "Ünïcødé 漢字 😀 acupuncture, l'énergie qi — "
+    message = (words * 100)[:MESSAGE_MAX]  # one line, as a textarea sends it
+    assert post_lead(mail_app.test_client(), message=message).status_code == 303
+    assert drain(mail_app) == 1
+    # The loopback server refuses lines over 998 octets ("500 Line too long"); check ourselves too.
+    raw = smtp.envelopes[0].content
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    msg = smtp.messages[0]
+    assert message in msg.get_body(("plain",)).get_content()
+    assert message.replace("'", "&#39;") in msg.get_body(("html",)).get_content()
+    assert outbox(mail_app)[0]["status"] == "sent"
+
+
+def test_referring_page_is_plain_text_origin_and_path_as_the_browser_said(mail_app, smtp):
+    referrer = "https://user:secret@news.example:8443/health/immune?token=abc#top"
+    post_lead(mail_app.test_client(), referrer=referrer)
+    post_lead(mail_app.test_client(), name="Other", referrer="javascript:alert(1)//https://x.example/")
+    drain(mail_app)
+    first, second = smtp.messages
+    text, html = first.get_body(("plain",)).get_content(), first.get_body(("html",)).get_content()
+    assert "https://news.example:8443/health/immune (as reported by the visitor's browser)" in text
+    assert "https://news.example:8443/health/immune" in html and "as reported by the visitor" in html
+    for leaked in ["secret", "token", "abc", "#top"]:
+        assert leaked not in text and leaked not in html
+    assert 'href="https://news' not in html
+    assert "(not a web address)" in second.get_body(("plain",)).get_content()
+    assert "javascript" not in second.get_body(("html",)).get_content()
