@@ -10,7 +10,7 @@ import urllib.request
 from http.cookiejar import CookieJar
 
 import pytest
-from conftest import form_fields, post_lead, valid_lead
+from conftest import csrf_token, form_fields, post_lead, valid_lead
 from flask import abort, flash, render_template, request
 
 import serving
@@ -413,3 +413,19 @@ def test_first_visit_over_https_gets_the_host_prefixed_secure_cookie(settings):
     app.test_client().get("/", base_url="https://localhost")
     cookie = app.test_client().get("/", base_url="https://localhost").headers["Set-Cookie"]
     assert cookie.startswith("__Host-session=") and "Secure" in cookie
+
+
+def test_a_trusted_proxy_passes_on_the_scheme_but_not_the_host(settings):
+    settings.update(HTTPS=True, TRUSTED_PROXIES=1)
+    app = create_app(settings)
+    client = app.test_client()
+    proxy = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.7"}
+    page = client.get("/admin/login", headers=proxy)
+    data = {"username": "owner", "password": "wrong password!", "csrf_token": csrf_token(page.get_data(as_text=True))}
+    # X-Forwarded-Proto is believed: the request counts as HTTPS, so flask-wtf wants a same-origin Referer.
+    assert client.post("/admin/login", data=data, headers=proxy).status_code == 400
+    referer = {**proxy, "Referer": "https://localhost/admin/login"}
+    assert client.post("/admin/login", data=data, headers=referer).status_code == 401
+    # X-Forwarded-Host is not: a made-up host cannot become the one the Referer is checked against.
+    forged = {**proxy, "X-Forwarded-Host": "attacker.example", "Referer": "https://attacker.example/admin/login"}
+    assert client.post("/admin/login", data=data, headers=forged).status_code == 400
