@@ -290,3 +290,16 @@ def test_everything_under_data_dir_is_private_after_serving_a_lead(site):
     assert stat.S_IMODE(site.data.stat().st_mode) == 0o700
     private = {name: 0o700 if (site.data / name).is_dir() else 0o600 for name in found}
     assert {name: oct(mode) for name, mode in found.items()} == {name: oct(mode) for name, mode in private.items()}
+
+
+def test_the_readme_installs_what_deploy_ships():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Put it online") :].split("\n## ")[0]
+    for path in set(re.findall(r"deploy/[\w.-]+", section)):
+        assert (ROOT / path).is_file(), path
+    assert f"git clone https://github.com/OWNER/clinic-site.git {INSTALLED_AT}" in section
+    assert "cp deploy/clinic-site.service /etc/systemd/system/" in section
+    assert "deploy/caddy.conf /etc/systemd/system/caddy.service.d/" in section
+    assert unit_settings("clinic-site.service")["User"] in section
+    for command in ("create-admin", "check"):
+        assert f"runuser -u clinic-site -- .venv/bin/flask --app app {command}" in section
