@@ -4,6 +4,7 @@ deploy/Caddyfile over HTTPS, configured by a .env made from .env.example."""
 import gzip
 import http.client
 import http.cookiejar
+import json
 import os
 import re
 import shlex
@@ -16,6 +17,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -28,6 +30,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 INSTALLED_AT = "/srv/clinic-site"  # where deploy/ expects the checkout on the server
+OBSERVATORY = ROOT / "node_modules" / "@mdn" / "mdn-http-observatory" / "src" / "scan.js"
 
 
 def unit_settings(name: str) -> dict[str, str]:
@@ -37,12 +40,12 @@ def unit_settings(name: str) -> dict[str, str]:
     return {key.strip(): value.strip() for key, value in pairs}
 
 
-def site_env(tmp_path: Path, port: int, https_port: int) -> tuple[Path, dict[str, str]]:
+def site_env(tmp_path: Path, port: int, site_url: str) -> tuple[Path, dict[str, str]]:
     """A .env as a clinic would write it from .env.example, pointed at loopback, and its values."""
     values = dotenv_values(ROOT / ".env.example")
     assert values["TRUSTED_PROXIES"] == "1"
     values.update(
-        SITE_URL=f"https://127.0.0.1:{https_port}",
+        SITE_URL=site_url,
         PORT=str(port),
         DATA_DIR=str(tmp_path / "site" / "data"),  # not there yet: the app makes it
         MAIL_SERVER="",  # no mail server: notifications become .eml files under data/mail/
@@ -94,12 +97,13 @@ def wait_for(check, what: str, process: subprocess.Popen, log: Path, timeout: fl
 class Site:
     """The running pair: gunicorn on loopback behind Caddy, and what a test needs to reach them."""
 
-    def __init__(self, tmp_path: Path):
-        self.tmp = tmp_path
-        self.gunicorn_port, self.http_port, self.https_port = free_port(), free_port(), free_port()
-        self.env_file, self.env = site_env(tmp_path, self.gunicorn_port, self.https_port)
+    def __init__(self, tmp_path: Path, host: str = "127.0.0.1", http_port: int = 0, https_port: int = 0):
+        self.tmp, self.host = tmp_path, host
+        self.http_port, self.https_port = http_port or free_port(), https_port or free_port()
+        self.url = f"https://{host}" if self.https_port == 443 else f"https://{host}:{self.https_port}"
+        self.gunicorn_port = free_port()
+        self.env_file, self.env = site_env(tmp_path, self.gunicorn_port, self.url)
         self.data = Path(self.env["DATA_DIR"])
-        self.url = f"https://127.0.0.1:{self.https_port}"
         self.processes: list[subprocess.Popen] = []
 
     def start_gunicorn(self) -> None:
@@ -121,7 +125,7 @@ class Site:
         options = (
             "\tadmin off\n"
             f"\thttp_port {self.http_port}\n"
-            "\tdefault_bind 127.0.0.1\n"
+            f"\tdefault_bind {self.host}\n"
             "\tlocal_certs\n"  # `tls internal` for every site: Caddy's own CA instead of Let's Encrypt
             "\tskip_install_trust\n"  # and never into the system's trust store
             f"\tstorage file_system {{\n\t\troot {storage}\n\t}}\n"
@@ -141,9 +145,9 @@ class Site:
         self.caddy_log = self.tmp / "caddy.log"
         process = start(["caddy", "run", "--config", str(overlay), "--adapter", "caddyfile"], env, self.caddy_log)
         self.processes.append(process)
-        root_ca = storage / "pki" / "authorities" / "local" / "root.crt"
-        wait_for(root_ca.exists, "caddy", process, self.caddy_log)
-        self.tls = ssl.create_default_context(cafile=str(root_ca))
+        self.root_ca = storage / "pki" / "authorities" / "local" / "root.crt"
+        wait_for(self.root_ca.exists, "caddy", process, self.caddy_log)
+        self.tls = ssl.create_default_context(cafile=str(self.root_ca))
 
         def answers() -> bool:
             return self.client().open(self.url + "/healthz", timeout=2).status == 200
@@ -181,17 +185,23 @@ class FromAddress(urllib.request.HTTPSHandler):
         return self.do_open(connection, req, context=self.context)
 
 
-@pytest.fixture
-def site(tmp_path):
+@contextmanager
+def serving(site: Site):
+    """gunicorn and Caddy up for the `with` block, both stopped after it."""
     if shutil.which("caddy") is None:
         missing("caddy not found: install it with `sudo apt-get install caddy` to test deploy/")
-    running = Site(tmp_path)
     try:
-        running.start_gunicorn()
-        running.start_caddy()
-        yield running
+        site.start_gunicorn()
+        site.start_caddy()
+        yield site
     finally:
-        running.stop()
+        site.stop()
+
+
+@pytest.fixture
+def site(tmp_path):
+    with serving(Site(tmp_path)) as running:
+        yield running
 
 
 def get(client, url: str, **headers):
@@ -303,3 +313,27 @@ def test_the_readme_installs_what_deploy_ships():
     assert unit_settings("clinic-site.service")["User"] in section
     for command in ("create-admin", "check"):
         assert f"runuser -u clinic-site -- .venv/bin/flask --app app {command}" in section
+
+
+def test_mozilla_http_observatory_grades_the_deploy_a_plus(tmp_path):
+    """Mozilla's own scanner (npm @mdn/mdn-http-observatory) against Caddy and gunicorn as deployed.
+
+    It scans only ports 80 and 443 of a host name, so Caddy takes those on a loopback address of its own.
+    """
+    if not OBSERVATORY.is_file() or shutil.which("node") is None:
+        missing("the HTTP Observatory is not installed: `make test` installs it (npm ci)")
+    if os.geteuid() != 0:
+        missing("the HTTP Observatory scans ports 80 and 443, which only root may listen on")
+    with serving(Site(tmp_path, host="127.0.0.8", http_port=80, https_port=443)) as site:
+        scan = subprocess.run(
+            ["node", str(OBSERVATORY), site.host],
+            env={**os.environ, "NODE_EXTRA_CA_CERTS": str(site.root_ca)},  # trust Caddy's test CA
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    report = json.loads(scan.stdout or scan.stderr)
+    assert "scan" in report, report
+    failed = {name: test["result"] for name, test in report["tests"].items() if not test["pass"]}
+    assert (report["scan"]["grade"], failed) == ("A+", {}), report["scan"]
+    assert report["scan"]["score"] >= 100
