@@ -7,10 +7,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from dotenv import dotenv_values
+
 ROOT = Path(__file__).resolve().parent
 
 # name: (default, type); every row here has a row in the README's table.
 SETTINGS: dict[str, tuple[object, type]] = {
+    "ENV_FILE": (str(ROOT / ".env"), str),
     "SECRET_KEY": (None, str),
     "DATA_DIR": (str(ROOT / "data"), str),
     "DATABASE_PATH": (None, str),
@@ -44,7 +47,7 @@ SETTINGS: dict[str, tuple[object, type]] = {
     "OUTBOX_POLL_SECONDS": (5.0, float),
     "OUTBOX_STALE_SECONDS": (120.0, float),
     "TRUSTED_PROXIES": (0, int),
-    "HTTPS": (False, bool),
+    "HTTPS": (None, bool),  # unset: on when SITE_URL is https
     "ADMIN_IDLE_MINUTES": (30, int),
     "ADMIN_SESSION_HOURS": (12, int),
     "LOGIN_MAX_FAILURES": (5, int),
@@ -79,8 +82,18 @@ def parse(name: str, raw: str, kind: type) -> object:
     return raw
 
 
+def with_env_file(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` over the values of the optional `.env` file it names (ENV_FILE, '' for none)."""
+    path = environ.get("ENV_FILE", SETTINGS["ENV_FILE"][0])
+    if not path or not os.path.isfile(path):
+        return dict(environ)
+    from_file = {name: value for name, value in dotenv_values(path).items() if value is not None}
+    return {**from_file, **environ}
+
+
 def from_env(environ: Mapping[str, str] = os.environ) -> dict:
-    """Return the settings, defaults overridden by whatever `environ` holds."""
+    """Return the settings: defaults, overridden by the `.env` file, overridden by `environ`."""
+    environ = with_env_file(environ)
     config = {}
     for name, (default, kind) in SETTINGS.items():
         raw = environ.get(name)
@@ -93,13 +106,14 @@ def from_env(environ: Mapping[str, str] = os.environ) -> dict:
 
 
 def finish(config: dict) -> dict:
-    """Fill the settings derived from others: database path, secret key, cookies, mail."""
-    data_dir = Path(config["DATA_DIR"])
-    data_dir.mkdir(parents=True, exist_ok=True)
+    """Fill the settings derived from others: database path, secret key, HTTPS, cookies, mail."""
+    data_dir = private_folder(Path(config["DATA_DIR"]))
     config["DATABASE"] = config["DATABASE_PATH"] = database_path(config, data_dir)
     if not config["SECRET_KEY"]:
         config["SECRET_KEY"] = stored_secret(data_dir / "secret_key")
     config["SITE_URL"] = config["SITE_URL"].rstrip("/")
+    if config["HTTPS"] is None:  # an https address is served over HTTPS; HTTPS=true/false overrides
+        config["HTTPS"] = config["SITE_URL"].lower().startswith("https://")
     config["SESSION_COOKIE_HTTPONLY"] = True
     config["SESSION_COOKIE_SAMESITE"] = "Lax"
     config["SESSION_COOKIE_SECURE"] = config["HTTPS"]
@@ -166,6 +180,16 @@ def parse_days(text: str) -> frozenset[int]:
     return frozenset(days)
 
 
+def private_folder(path: Path) -> Path:
+    """Make `path` a folder only this user can enter, and make every file the process creates 0600."""
+    os.umask(0o077)  # the one place: database, backups, .eml files, counters and keys are the owner's alone
+    path.mkdir(parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077 and path.stat().st_uid == os.getuid():
+        path.chmod(mode & 0o700)  # e.g. a clone's data/ (0755) is tightened on the first start
+    return path
+
+
 def stored_secret(path: Path) -> str:
     """Return the secret kept at `path`, making it once so sessions survive restarts."""
     try:
@@ -174,8 +198,11 @@ def stored_secret(path: Path) -> str:
         pass
     key = secrets.token_hex(32)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(key)
-    tmp.chmod(0o600)
+    # Created 0600 by the same call that creates it, so the key is never readable by others, not even briefly.
+    tmp.unlink(missing_ok=True)  # left by a process of the same id that died here
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key)
     try:
         os.link(tmp, path)  # atomic: two workers starting at once agree on one key
     except FileExistsError:

@@ -39,7 +39,9 @@ def init_app(app: Flask) -> None:
     app.wsgi_app = first_visit_landing(app, app.wsgi_app)
     if app.config["TRUSTED_PROXIES"] > 0:
         n = app.config["TRUSTED_PROXIES"]
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)
+        # The visitor's address and scheme only: the Host the visitor sent stays the host (a forged
+        # X-Forwarded-Host could otherwise pass flask-wtf's same-origin Referer check).
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=0, x_port=0)
     app.wsgi_app = with_headers(app.wsgi_app, list(security_headers(app.config["HTTPS"]).items()))
     app.after_request(finish_response)
     app.view_functions["static"] = send_static

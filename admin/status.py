@@ -7,7 +7,6 @@ from flask import current_app, flash, g, redirect, render_template, url_for
 
 import db
 import notify
-import reminders
 from admin import audit, bp
 from admin.auth import live_sessions
 
@@ -34,7 +33,7 @@ def status():
 @bp.post("/status/test-email")
 def send_test_email():
     """Queue a test email to the clinic's mailbox."""
-    email = reminders.check_email(g.account["username"], current_app.config)
+    email = notify.check_email(g.account["username"], current_app.config)
     db.enqueue_email(db.get_db(), email, db.utcnow())
     notify.wake.set()
     audit("test email queued")

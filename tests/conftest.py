@@ -1,5 +1,6 @@
 """Shared fixtures: an app on a temporary database, a real SMTP server, form helpers."""
 
+import os
 import re
 import secrets
 import socket
@@ -14,6 +15,10 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import Envelope
 
 from app import create_app
+
+# A developer's own .env must not reach the tests: not this process, its gunicorn servers nor its `flask` commands.
+os.environ["ENV_FILE"] = ""
+os.environ["FLASK_SKIP_DOTENV"] = "1"
 
 
 def free_port() -> int:
@@ -73,6 +78,7 @@ def settings(tmp_path):
         "SPAM_MIN_SECONDS": 0,
         "CONTACT_RATE_LIMIT": "1000 per minute",
         "SITE_URL": "https://clinic.example",
+        "HTTPS": False,  # the test client speaks plain http; tests of HTTPS turn it on
         "CLINIC_EMAIL": "owner@clinic.example",
     }
 

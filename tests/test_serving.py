@@ -10,7 +10,7 @@ import urllib.request
 from http.cookiejar import CookieJar
 
 import pytest
-from conftest import form_fields, post_lead, valid_lead
+from conftest import csrf_token, form_fields, post_lead, valid_lead
 from flask import abort, flash, render_template, request
 
 import serving
@@ -557,3 +557,19 @@ def test_a_failing_fast_path_leaves_first_visits_to_flask(app, monkeypatch, capl
         assert visitor.post("/contact", data={**fields, **valid_lead()}).status_code == 303
     assert caplog.text.count("the first-visit fast path failed") == 1
     assert "RuntimeError: a library changed under the fast path" in caplog.text
+
+
+def test_a_trusted_proxy_passes_on_the_scheme_but_not_the_host(settings):
+    settings.update(HTTPS=True, TRUSTED_PROXIES=1)
+    app = create_app(settings)
+    client = app.test_client()
+    proxy = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.7"}
+    page = client.get("/admin/login", headers=proxy)
+    data = {"username": "owner", "password": "wrong password!", "csrf_token": csrf_token(page.get_data(as_text=True))}
+    # X-Forwarded-Proto is believed: the request counts as HTTPS, so flask-wtf wants a same-origin Referer.
+    assert client.post("/admin/login", data=data, headers=proxy).status_code == 400
+    referer = {**proxy, "Referer": "https://localhost/admin/login"}
+    assert client.post("/admin/login", data=data, headers=referer).status_code == 401
+    # X-Forwarded-Host is not: a made-up host cannot become the one the Referer is checked against.
+    forged = {**proxy, "X-Forwarded-Host": "attacker.example", "Referer": "https://attacker.example/admin/login"}
+    assert client.post("/admin/login", data=data, headers=forged).status_code == 400
