@@ -1,4 +1,4 @@
-"""Shared fixtures: an app on a temporary database, a real SMTP server, form helpers."""
+"""Shared fixtures and helpers: an app on a temporary database, a real SMTP server, gunicorn, leads, forms."""
 
 import os
 import re
