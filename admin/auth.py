@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import unquote, urlsplit
 
 from flask import (
-    Response,
     current_app,
     flash,
     g,
@@ -92,13 +91,6 @@ def require_sign_in():
         target = request.full_path if request.query_string else request.path
         return redirect(url_for("admin.login", next=target))
     return redirect(url_for("admin.login"), 303)
-
-
-@bp.after_request
-def no_store(response: Response) -> Response:
-    """Leads are health information: no browser or proxy may keep a copy."""
-    response.headers["Cache-Control"] = "no-store"
-    return response
 
 
 @functools.cache
