@@ -38,6 +38,7 @@ from flask.cli import with_appcontext
 from werkzeug.security import check_password_hash, generate_password_hash
 
 import db
+import housekeeping
 import notify
 import reminders
 from extensions import client_address
@@ -368,6 +369,7 @@ def inbox():
         chart=dashboard(datetime.now(UTC)),
         periods=periods(datetime.now(UTC)),
         health=db.email_health(database),
+        backup_alarm=housekeeping.backup_alarm(database, datetime.now(UTC)),
     )
 
 
@@ -478,11 +480,8 @@ def confirm_delete(lead_id: int):
 def delete_lead(lead_id: int):
     """Delete a lead, its notes and its emails (a privacy request)."""
     lead_or_404(lead_id)
-    database = db.get_db()
-    mail_files = [notify.eml_path(e["message_id"], current_app.config) for e in db.emails_for_lead(database, lead_id)]
-    db.delete_lead(database, lead_id)
-    for path in mail_files:
-        path.unlink(missing_ok=True)
+    for message_id in db.delete_lead(db.get_db(), lead_id):
+        notify.eml_path(message_id, current_app.config).unlink(missing_ok=True)
     audit("deleted lead", lead_id)
     log.info("lead %s deleted by admin %s", lead_id, g.account["id"])
     flash(f"Request #{lead_id} and its emails are deleted.")
@@ -523,6 +522,9 @@ def status():
         reminder_hours=cfg["REMINDER_AFTER_HOURS"],
         work_hours=f"{cfg['CLINIC_DAYS']}, {opens // 60:02d}:{opens % 60:02d}–{closes // 60:02d}:{closes % 60:02d}",
         audit_log=db.recent_audit(database),
+        housekeeping=housekeeping.status(database, datetime.now(UTC)),
+        retention_days=cfg["LEAD_RETENTION_DAYS"],
+        keep_days=cfg["BACKUP_KEEP_DAYS"],
     )
 
 
@@ -578,23 +580,13 @@ def create_admin_command(username: str) -> None:
 )
 @with_appcontext
 def purge_leads_command(days: int | None) -> None:
-    """Delete old leads with their notes and emails, and say how many."""
+    """Delete old leads with their notes, emails and email files, in small batches, and say how many."""
     days = days or current_app.config["LEAD_RETENTION_DAYS"]
-    before = datetime.now(UTC) - timedelta(days=days)
+    if not days:
+        raise click.ClickException("LEAD_RETENTION_DAYS is 0 (keep every lead): give --older-than DAYS to purge.")
     database = db.connect(current_app.config["DATABASE"])
     try:
-        count = db.purge_leads(database, stamp(before))
-        db.audit(database, "command line", "purged leads", db.utcnow(), detail=f"{count} older than {days} days")
+        counts = housekeeping.purge_and_log(database, current_app.config, datetime.now(UTC), days, "command line")
     finally:
         database.close()
-    # Without a mail server, emails were written as files: those as old go too.
-    files = [
-        p
-        for p in (Path(current_app.config["DATA_DIR"]) / "mail").glob("*.eml")
-        if p.stat().st_mtime < before.timestamp()
-    ]
-    for path in files:
-        path.unlink(missing_ok=True)
-    click.echo(f"Deleted {count} lead(s) received more than {days} days ago, with their notes and emails.")
-    if files:
-        click.echo(f"Deleted {len(files)} email file(s) as old from {Path(current_app.config['DATA_DIR']) / 'mail'}.")
+    click.echo(f"Deleted {counts['leads']} lead(s) received more than {days} days ago, with their notes and emails.")

@@ -22,9 +22,12 @@ from werkzeug.exceptions import HTTPException
 
 import admin
 import article
+import backups
 import config
 import db
+import housekeeping
 import notify
+import readiness
 import serving
 from extensions import csrf, limiter, mail
 from forms import LeadForm, new_form_token, read_form_token, visit_fields
@@ -50,6 +53,8 @@ def create_app(overrides: dict | None = None) -> Flask:
     register_error_pages(app)
     serving.init_app(app)
     notify.init_app(app)
+    backups.init_app(app)
+    readiness.init_app(app)
     return app
 
 
@@ -59,6 +64,8 @@ def start_background(app: Flask) -> None:
     Only server processes send email: a `flask` command run from a shell or cron never does.
     """
     app.extensions["outbox_stop"] = notify.start_worker(app)
+    app.extensions["server_lock"] = backups.hold_server_lock(app.config)  # `restore` refuses while held
+    app.extensions["housekeeping_stop"] = housekeeping.start(app)
 
 
 def stop_background(app: Flask) -> None:
@@ -66,6 +73,8 @@ def stop_background(app: Flask) -> None:
     stop = app.extensions.get("outbox_stop")
     if stop is not None:
         stop.set()
+    app.extensions["housekeeping_stop"].set()
+    app.extensions.pop("server_lock").close()
 
 
 def register_templates(app: Flask) -> None:

@@ -3,6 +3,7 @@
 import contextlib
 import logging
 import smtplib
+import ssl
 import threading
 import unicodedata
 from collections.abc import Callable, Iterator
@@ -78,6 +79,29 @@ def open_smtp(state, timeout: float) -> smtplib.SMTP:
         host.starttls()
     if state.username and state.password:
         host.login(state.username, state.password)
+    return host
+
+
+def smtp_connect(config: dict) -> smtplib.SMTP:
+    """Connect to MAIL_SERVER within MAIL_TIMEOUT: EHLO, TLS with a verified certificate when set, the login."""
+    context = ssl.create_default_context()
+    server, port, timeout = config["MAIL_SERVER"], config["MAIL_PORT"], config["MAIL_TIMEOUT"]
+    if config["MAIL_USE_SSL"]:
+        host = smtplib.SMTP_SSL(server, port, timeout=timeout, context=context)
+    else:
+        host = smtplib.SMTP(server, port, timeout=timeout)
+    try:
+        host.ehlo()
+        if config["MAIL_USE_TLS"] and not config["MAIL_USE_SSL"]:
+            host.starttls(context=context)
+            host.ehlo()
+        if config["MAIL_USERNAME"] and config["MAIL_PASSWORD"]:
+            if not (config["MAIL_USE_TLS"] or config["MAIL_USE_SSL"]):
+                raise smtplib.SMTPException("refusing to send MAIL_PASSWORD over an unencrypted connection")
+            host.login(config["MAIL_USERNAME"], config["MAIL_PASSWORD"])
+    except BaseException:
+        host.close()
+        raise
     return host
 
 
@@ -189,7 +213,11 @@ def send_one(database, row: dict, send: Callable[[Message], str], now: datetime)
                 reason,
             )
         return False
-    db.mark_sent(database, row["id"], stamp)
+    if not db.mark_sent(database, row["id"], stamp):
+        # Its lead was deleted while it was out: keep no copy of it on disk either.
+        eml_path(row["message_id"], current_app.config).unlink(missing_ok=True)
+        log.info("email %s for lead %s was deleted with its lead while being sent", row["id"], row["lead_id"])
+        return False
     log.info("email %s for lead %s %s (attempt %s)", row["id"], row["lead_id"], where, row["attempts"])
     return True
 
