@@ -94,10 +94,10 @@ def make_backup(config: dict, now: datetime, to: Path | None = None) -> dict:
     partial.unlink(missing_ok=True)
     try:
         leads = copy_database(config["DATABASE"], partial)
-    except BackupError as error:
-        raise BackupError(f"The database could not be backed up: {error}") from None
-    os.replace(partial, to)
-    return {"path": str(to), "size_bytes": to.stat().st_size, "leads": leads}
+        os.replace(partial, to)
+        return {"path": str(to), "size_bytes": to.stat().st_size, "leads": leads}
+    except (BackupError, OSError) as error:
+        raise BackupError(f"The database could not be backed up to {to}: {error}") from None
 
 
 def prune_backups(config: dict, today: date) -> list[Path]:
