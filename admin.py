@@ -1,5 +1,6 @@
 """The owner's admin area: sign-in, the leads inbox, a lead's page, email status, CSV export, CLI."""
 
+import contextlib
 import csv
 import functools
 import hashlib
@@ -8,6 +9,7 @@ import logging
 import math
 import re
 import secrets
+import sqlite3
 import sys
 import unicodedata
 from collections import Counter
@@ -79,12 +81,12 @@ def init_app(app: Flask) -> None:
     zone = ZoneInfo(app.config["CLINIC_TIMEZONE"])
     app.jinja_env.filters["ago"] = lambda iso: ago(iso, datetime.now(UTC), zone)
     app.jinja_env.filters["phone"] = phone_display
-    database = db.connect(app.config["DATABASE"])
     try:
-        if not db.count_accounts(database):
-            log.warning("No admin account yet: create one with `flask --app app create-admin USERNAME`")
-    finally:
-        database.close()
+        with contextlib.closing(db.connect(app.config["DATABASE"])) as database:
+            if not db.count_accounts(database):
+                log.warning("No admin account yet: create one with `flask --app app create-admin USERNAME`")
+    except sqlite3.DatabaseError:
+        pass  # db.init_app said what is wrong with the database
 
 
 def stamp(moment: datetime) -> str:

@@ -73,8 +73,9 @@ def stop_background(app: Flask) -> None:
     stop = app.extensions.get("outbox_stop")
     if stop is not None:
         stop.set()
-    app.extensions["housekeeping_stop"].set()
-    app.extensions.pop("server_lock").close()
+    if "housekeeping_stop" in app.extensions:
+        app.extensions["housekeeping_stop"].set()
+        app.extensions.pop("server_lock").close()
 
 
 def register_templates(app: Flask) -> None:

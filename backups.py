@@ -5,6 +5,7 @@ import fcntl
 import os
 import re
 import sqlite3
+import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -107,6 +108,9 @@ def prune_backups(config: dict, today: date) -> list[Path]:
     """
     oldest_kept = today - timedelta(days=max(1, config["BACKUP_KEEP_DAYS"]) - 1)
     removed = []
+    for path in backup_dir(config).glob(".leads-*.partial"):  # left by a worker stopped mid-backup
+        if path.stat().st_mtime < time.time() - 3600:
+            path.unlink(missing_ok=True)
     for path in sorted(backup_dir(config).glob("leads-*.db")):
         match = NAME.fullmatch(path.name)
         if match and date.fromisoformat(match.group(1)) < oldest_kept:

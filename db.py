@@ -2,6 +2,7 @@
 
 import contextlib
 import fcntl
+import logging
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -15,6 +16,8 @@ from sqlite_utils.db import ForeignKey, NotFoundError
 from sqlite_utils.migrations import Migrations
 
 BUSY_TIMEOUT_MS = 10_000
+
+log = logging.getLogger("clinic.db")
 
 migrations = Migrations("clinic")
 
@@ -152,7 +155,16 @@ def close_db(_exc: BaseException | None = None) -> None:
 
 def init_app(app: Flask) -> None:
     """Migrate the database and register the teardown and the init-db command."""
-    migrate(app.config["DATABASE"])
+    try:
+        migrate(app.config["DATABASE"])
+    except sqlite3.DatabaseError as error:
+        # Start all the same: pages that need no database still show the phone number, and
+        # `flask restore` (a command of this app) can put a backup in its place.
+        log.error(
+            "The database %s cannot be used (%s): restore a backup with `flask --app app restore PATH`",
+            app.config["DATABASE"],
+            error,
+        )
     app.teardown_appcontext(close_db)
     app.cli.add_command(init_db_command)
 

@@ -178,3 +178,19 @@ def test_restore_refuses_while_the_server_runs(app, serve):
     assert fingerprint(database) == before
     server.stop()
     assert flask(app.config["DATA_DIR"], "restore", str(backup)).returncode == 0
+
+
+def test_restore_replaces_a_database_sqlite_cannot_read_and_keeps_it(app):
+    add_leads(app.config["DATABASE"], "Saved", 4)
+    backup = written_to(flask(app.config["DATA_DIR"], "backup").stdout)
+    database = Path(app.config["DATABASE"])
+    for leftover in database.parent.glob("leads.db-*"):
+        leftover.unlink()
+    database.write_bytes(os.urandom(8192))  # the disk went bad
+    broken = fingerprint(database)
+    result = flask(app.config["DATA_DIR"], "restore", str(backup))
+    assert result.returncode == 0, result.stderr
+    assert "Restored 4 lead(s)" in result.stdout
+    assert names(database) == {f"Saved {i}" for i in range(4)}
+    [kept] = database.parent.glob("leads-before-restore-*.db")
+    assert fingerprint(kept) == broken
