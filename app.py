@@ -23,9 +23,12 @@ from werkzeug.serving import is_running_from_reloader
 
 import admin
 import article
+import backups
 import config
 import db
+import housekeeping
 import notify
+import readiness
 import serving
 from extensions import csrf, limiter
 from forms import LeadForm, new_form_token, read_form_token, visit_fields
@@ -50,6 +53,8 @@ def create_app(overrides: dict | None = None) -> Flask:
     register_error_pages(app)
     serving.init_app(app)
     notify.init_app(app)
+    backups.init_app(app)
+    readiness.init_app(app)
     return app
 
 
@@ -59,6 +64,8 @@ def start_background(app: Flask) -> None:
     Only server processes send email: a `flask` command run from a shell or cron never does.
     """
     app.extensions["outbox_stop"] = notify.start_worker(app)
+    app.extensions["server_lock"] = backups.hold_server_lock(app.config)  # `restore` refuses while held
+    app.extensions["housekeeping_stop"] = housekeeping.start(app)
 
 
 def stop_background(app: Flask) -> None:
@@ -66,6 +73,12 @@ def stop_background(app: Flask) -> None:
     stop_outbox = app.extensions.pop("outbox_stop", None)
     if stop_outbox is not None:
         stop_outbox()
+    stop_housekeeping = app.extensions.pop("housekeeping_stop", None)
+    if stop_housekeeping is not None:
+        stop_housekeeping.set()
+    server_lock = app.extensions.pop("server_lock", None)
+    if server_lock is not None:
+        server_lock.close()
 
 
 def create_dev_app() -> Flask:

@@ -28,6 +28,8 @@ SETTINGS: dict[str, tuple[object, type]] = {
     "CLINIC_EMAIL": ("frontdesk@acupuncturehalls.example", str),
     "CLINIC_REPLY_PROMISE": ("within one working day", str),
     "LEAD_RETENTION_DAYS": (365, int),
+    "BACKUP_KEEP_DAYS": (14, int),
+    "HOUSEKEEPING_POLL_SECONDS": (60.0, float),
     "NOTIFY_DETAILS": (True, bool),
     "SPAM_MIN_SECONDS": (3.0, float),
     "CONTACT_RATE_LIMIT": ("5 per minute;30 per hour", str),

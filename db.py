@@ -2,6 +2,7 @@
 
 import contextlib
 import fcntl
+import logging
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -11,10 +12,12 @@ import click
 from flask import Flask, current_app, g
 from flask.cli import with_appcontext
 from sqlite_utils import Database
-from sqlite_utils.db import NotFoundError
+from sqlite_utils.db import ForeignKey, NotFoundError
 from sqlite_utils.migrations import Migrations
 
 BUSY_TIMEOUT_MS = 10_000
+
+log = logging.getLogger("clinic.db")
 
 migrations = Migrations("clinic")
 
@@ -22,6 +25,11 @@ migrations = Migrations("clinic")
 def utcnow() -> str:
     """Return the current UTC time as ISO-8601 text, the one format stored."""
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def iso_utc(moment: datetime) -> str:
+    """Return `moment` as the stored ISO-8601 UTC text."""
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
 
 
 @migrations()
@@ -147,7 +155,16 @@ def close_db(_exc: BaseException | None = None) -> None:
 
 def init_app(app: Flask) -> None:
     """Migrate the database and register the teardown and the init-db command."""
-    migrate(app.config["DATABASE"])
+    try:
+        migrate(app.config["DATABASE"])
+    except sqlite3.DatabaseError as error:
+        # Start all the same: pages that need no database still show the phone number, and
+        # `flask restore` (a command of this app) can put a backup in its place.
+        log.error(
+            "The database %s cannot be used (%s): restore a backup with `flask --app app restore PATH`",
+            app.config["DATABASE"],
+            error,
+        )
     app.teardown_appcontext(close_db)
     app.cli.add_command(init_db_command)
 
@@ -243,38 +260,41 @@ def defer_waiting_emails(db: Database, now: str, error: str, retry_at: str) -> i
         ).rowcount
 
 
-def _record_attempt(db: Database, outbox_id: int, now: str, error: str | None) -> None:
-    db.table("email_attempts").insert({"outbox_id": outbox_id, "at": now, "ok": int(error is None), "error": error})
+def _record_attempt(db: Database, outbox_id: int, now: str, error: str | None, updated: int) -> bool:
+    """Log the attempt if its email still exists (`updated` rows); a lead deleted mid-send took it away."""
+    if updated:
+        db.table("email_attempts").insert({"outbox_id": outbox_id, "at": now, "ok": int(error is None), "error": error})
+    return bool(updated)
 
 
-def mark_sent(db: Database, outbox_id: int, now: str) -> None:
-    """Record a delivered email."""
+def mark_sent(db: Database, outbox_id: int, now: str) -> bool:
+    """Record a delivered email; False if it was deleted (with its lead) while it was being sent."""
     with write(db):
-        db.execute(
+        updated = db.execute(
             "UPDATE outbox SET status = 'sent', sent_at = ?, last_error = NULL, updated_at = ? WHERE id = ?",
             [now, now, outbox_id],
-        )
-        _record_attempt(db, outbox_id, now, None)
+        ).rowcount
+        return _record_attempt(db, outbox_id, now, None, updated)
 
 
-def mark_retry(db: Database, outbox_id: int, now: str, error: str, next_attempt_at: str) -> None:
-    """Record a failed attempt and when to try again."""
+def mark_retry(db: Database, outbox_id: int, now: str, error: str, next_attempt_at: str) -> bool:
+    """Record a failed attempt and when to try again; False if the email is gone."""
     with write(db):
-        db.execute(
+        updated = db.execute(
             "UPDATE outbox SET status = 'pending', last_error = ?, next_attempt_at = ?, updated_at = ? WHERE id = ?",
             [error, next_attempt_at, now, outbox_id],
-        )
-        _record_attempt(db, outbox_id, now, error)
+        ).rowcount
+        return _record_attempt(db, outbox_id, now, error, updated)
 
 
-def mark_failed(db: Database, outbox_id: int, now: str, error: str) -> None:
-    """Record a failed attempt after which the email is not tried again by itself."""
+def mark_failed(db: Database, outbox_id: int, now: str, error: str) -> bool:
+    """Record a failed attempt after which the email is not tried again by itself; False if it is gone."""
     with write(db):
-        db.execute(
+        updated = db.execute(
             "UPDATE outbox SET status = 'failed', last_error = ?, updated_at = ? WHERE id = ?",
             [error, now, outbox_id],
-        )
-        _record_attempt(db, outbox_id, now, error)
+        ).rowcount
+        return _record_attempt(db, outbox_id, now, error, updated)
 
 
 def emails_for_lead(db: Database, lead_id: int) -> list[dict]:
@@ -584,27 +604,54 @@ def notes_for_lead(db: Database, lead_id: int) -> list[dict]:
     return list(db.query("SELECT * FROM notes WHERE lead_id = ? ORDER BY id", [lead_id]))
 
 
-def _delete_leads_where(db: Database, where: str, params: list) -> int:
-    """Delete the matching leads with their notes, emails and attempts; call inside write()."""
-    ids = f"SELECT id FROM leads WHERE {where}"
-    db.execute(
-        f"DELETE FROM email_attempts WHERE outbox_id IN (SELECT id FROM outbox WHERE lead_id IN ({ids}))", params
-    )
-    db.execute(f"DELETE FROM outbox WHERE lead_id IN ({ids})", params)
-    db.execute(f"DELETE FROM notes WHERE lead_id IN ({ids})", params)
-    return db.execute(f"DELETE FROM leads WHERE {where}", params).rowcount
+def delete_lead(db: Database, lead_id: int) -> list[str]:
+    """Delete one lead; its notes, emails and attempts go with it (ON DELETE CASCADE).
 
-
-def delete_lead(db: Database, lead_id: int) -> bool:
-    """Delete one lead with its notes and emails; return True if it existed."""
+    Return the Message-IDs of its emails, so their files can go too; empty if there was no such lead.
+    """
     with write(db):
-        return _delete_leads_where(db, "id = ?", [lead_id]) == 1
+        message_ids = [e["message_id"] for e in emails_for_lead(db, lead_id)]
+        deleted = db.execute("DELETE FROM leads WHERE id = ?", [lead_id]).rowcount
+        return message_ids if deleted else []
 
 
-def purge_leads(db: Database, before: str) -> int:
-    """Delete every lead created before `before` with its notes and emails; return how many."""
+def purge_leads_batch(db: Database, before: str, limit: int) -> tuple[int, list[str]]:
+    """Delete up to `limit` of the leads created before `before`, in one short write transaction.
+
+    Their notes, emails and attempts go by cascade. Return how many leads went and the
+    Message-IDs of their emails (for the .eml files).
+    """
     with write(db):
-        return _delete_leads_where(db, "created_at < ?", [before])
+        ids = [r["id"] for r in db.query("SELECT id FROM leads WHERE created_at < ? LIMIT ?", [before, limit])]
+        if not ids:
+            return 0, []
+        marks = ",".join("?" * len(ids))
+        message_ids = [
+            r["message_id"] for r in db.query(f"SELECT message_id FROM outbox WHERE lead_id IN ({marks})", ids)
+        ]
+        count = db.execute(f"DELETE FROM leads WHERE id IN ({marks})", ids).rowcount
+        return count, message_ids
+
+
+def purge_finished_emails_batch(db: Database, before: str, limit: int) -> tuple[int, list[str]]:
+    """Delete up to `limit` sent, failed or resent emails created before `before`; return how many and their ids."""
+    with write(db):
+        rows = list(
+            db.query(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE created_at < ?"
+                " AND status IN ('sent', 'failed', 'resent') LIMIT ?) RETURNING message_id",
+                [before, limit],
+            )
+        )
+        return len(rows), [r["message_id"] for r in rows]
+
+
+def purge_audit_batch(db: Database, before: str, limit: int) -> int:
+    """Delete up to `limit` audit-log lines written before `before`; return how many."""
+    with write(db):
+        return db.execute(
+            "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log WHERE at < ? LIMIT ?)", [before, limit]
+        ).rowcount
 
 
 # Admin: email health and the outbox by hand
@@ -682,3 +729,83 @@ def queue_reminder(db: Database, lead_id: int, email: dict, now: str) -> bool:
         if won:
             enqueue_email(db, email, now)
         return bool(won)
+
+
+# Housekeeping: the daily backup and retention purge, and what every lead's data hangs on
+
+
+@migrations()
+def m004_lead_data_goes_with_its_lead(db: Database) -> None:
+    """Emails, their attempts and notes point at their lead with ON DELETE CASCADE (a table rebuild each)."""
+    # Rows whose parent is already gone would fail the new constraint; they belong to nobody.
+    db.execute("DELETE FROM email_attempts WHERE outbox_id NOT IN (SELECT id FROM outbox)")
+    db.execute("DELETE FROM outbox WHERE lead_id IS NOT NULL AND lead_id NOT IN (SELECT id FROM leads)")
+    db.execute("DELETE FROM notes WHERE lead_id NOT IN (SELECT id FROM leads)")
+    # outbox first: email_attempts must not point at it with a cascade while it is rebuilt.
+    for table, column, parent in (
+        ("outbox", "lead_id", "leads"),
+        ("email_attempts", "outbox_id", "outbox"),
+        ("notes", "lead_id", "leads"),
+    ):
+        db.table(table).transform(foreign_keys=[ForeignKey(table, column, parent, "id", on_delete="CASCADE")])
+
+
+@migrations()
+def m005_housekeeping(db: Database) -> None:
+    """When the daily housekeeping is next due, and a log of each backup and purge."""
+    db.table("housekeeping").create(
+        {"job": str, "due_at": str, "claimed_at": str, "claimed_by": str}, pk="job", not_null={"due_at"}
+    )
+    db.table("housekeeping").insert({"job": "daily", "due_at": ""})  # a new site is due at once
+    db.table("housekeeping_log").create(
+        {
+            "id": int,
+            "job": str,
+            "started_at": str,
+            "finished_at": str,
+            "ok": int,
+            "detail": str,
+            "path": str,
+            "size_bytes": int,
+            "leads": int,
+            "actor": str,
+        },
+        pk="id",
+        not_null={"job", "started_at", "finished_at", "ok"},
+    )
+    db.table("housekeeping_log").create_index(["job", "id"])
+
+
+def claim_housekeeping(db: Database, job: str, now: str, next_due_at: str, who: str) -> bool:
+    """Take the job if it is due, moving its next time on; only one process can win each time."""
+    with write(db):
+        won = db.execute(
+            "UPDATE housekeeping SET due_at = ?, claimed_at = ?, claimed_by = ? WHERE job = ? AND due_at <= ?",
+            [next_due_at, now, who, job, now],
+        ).rowcount
+        return bool(won)
+
+
+def set_housekeeping_due(db: Database, job: str, due_at: str) -> None:
+    """Set when the job is next due (sooner after a failure)."""
+    with write(db):
+        db.execute("UPDATE housekeeping SET due_at = ? WHERE job = ?", [due_at, job])
+
+
+def housekeeping_due_at(db: Database, job: str) -> str | None:
+    """When the job is next due, or None if it is unknown."""
+    rows = list(db.query("SELECT due_at FROM housekeeping WHERE job = ?", [job]))
+    return rows[0]["due_at"] if rows else None
+
+
+def log_housekeeping(db: Database, entry: dict) -> None:
+    """Keep the outcome of one backup or purge (job, started_at, finished_at, ok, detail ...)."""
+    with write(db):
+        db.table("housekeeping_log").insert(entry)
+
+
+def last_housekeeping(db: Database, job: str, ok_only: bool = False) -> dict | None:
+    """The latest logged run of `job` ('backup' or 'purge'), or of its successful runs only; None if none."""
+    where = "job = ? AND ok = 1" if ok_only else "job = ?"
+    rows = list(db.query(f"SELECT * FROM housekeeping_log WHERE {where} ORDER BY id DESC LIMIT 1", [job]))
+    return rows[0] if rows else None

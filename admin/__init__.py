@@ -5,7 +5,9 @@ The blueprint and what every section shares live here; each section is a module 
 `status` (email status and the audit log), `commands` (`create-admin`, `purge-leads`).
 """
 
+import contextlib
 import logging
+import sqlite3
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -27,12 +29,12 @@ def init_app(app: Flask) -> None:
     zone = ZoneInfo(app.config["CLINIC_TIMEZONE"])
     app.jinja_env.filters["ago"] = lambda iso: ago(iso, datetime.now(UTC), zone)
     app.jinja_env.filters["phone"] = phone_display
-    database = db.connect(app.config["DATABASE"])
     try:
-        if not db.count_accounts(database):
-            log.warning("No admin account yet: create one with `flask --app app create-admin USERNAME`")
-    finally:
-        database.close()
+        with contextlib.closing(db.connect(app.config["DATABASE"])) as database:
+            if not db.count_accounts(database):
+                log.warning("No admin account yet: create one with `flask --app app create-admin USERNAME`")
+    except sqlite3.DatabaseError:
+        pass  # db.init_app said what is wrong with the database
 
 
 def stamp(moment: datetime) -> str:

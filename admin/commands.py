@@ -2,8 +2,7 @@
 
 import re
 import sys
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import UTC, datetime
 
 import click
 from flask import current_app
@@ -11,7 +10,7 @@ from flask.cli import with_appcontext
 from werkzeug.security import generate_password_hash
 
 import db
-from admin import stamp
+import housekeeping
 
 USERNAME = re.compile(r"[a-z0-9][a-z0-9._@-]{0,63}")
 PASSWORD_MIN = 12
@@ -55,23 +54,13 @@ def create_admin_command(username: str) -> None:
 )
 @with_appcontext
 def purge_leads_command(days: int | None) -> None:
-    """Delete old leads with their notes and emails, and say how many."""
+    """Delete old leads with their notes, emails and email files, in small batches, and say how many."""
     days = days or current_app.config["LEAD_RETENTION_DAYS"]
-    before = datetime.now(UTC) - timedelta(days=days)
+    if not days:
+        raise click.ClickException("LEAD_RETENTION_DAYS is 0 (keep every lead): give --older-than DAYS to purge.")
     database = db.connect(current_app.config["DATABASE"])
     try:
-        count = db.purge_leads(database, stamp(before))
-        db.audit(database, "command line", "purged leads", db.utcnow(), detail=f"{count} older than {days} days")
+        counts = housekeeping.purge_and_log(database, current_app.config, datetime.now(UTC), days, "command line")
     finally:
         database.close()
-    # Without a mail server, emails were written as files: those as old go too.
-    files = [
-        p
-        for p in (Path(current_app.config["DATA_DIR"]) / "mail").glob("*.eml")
-        if p.stat().st_mtime < before.timestamp()
-    ]
-    for path in files:
-        path.unlink(missing_ok=True)
-    click.echo(f"Deleted {count} lead(s) received more than {days} days ago, with their notes and emails.")
-    if files:
-        click.echo(f"Deleted {len(files)} email file(s) as old from {Path(current_app.config['DATA_DIR']) / 'mail'}.")
+    click.echo(f"Deleted {counts['leads']} lead(s) received more than {days} days ago, with their notes and emails.")

@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from flask import Response, render_template, request, stream_with_context
 
 import db
+import housekeeping
 from admin import audit, bp, clinic_zone, stamp
 
 PAGE_SIZE = 25
@@ -121,6 +122,7 @@ def inbox():
         chart=dashboard(datetime.now(UTC)),
         periods=periods(datetime.now(UTC)),
         health=db.email_health(database),
+        backup_alarm=housekeeping.backup_alarm(database, datetime.now(UTC)),
     )
 
 

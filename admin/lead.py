@@ -77,11 +77,8 @@ def confirm_delete(lead_id: int):
 def delete_lead(lead_id: int):
     """Delete a lead, its notes and its emails (a privacy request)."""
     lead_or_404(lead_id)
-    database = db.get_db()
-    mail_files = [notify.eml_path(e["message_id"], current_app.config) for e in db.emails_for_lead(database, lead_id)]
-    db.delete_lead(database, lead_id)
-    for path in mail_files:
-        path.unlink(missing_ok=True)
+    for message_id in db.delete_lead(db.get_db(), lead_id):
+        notify.eml_path(message_id, current_app.config).unlink(missing_ok=True)
     audit("deleted lead", lead_id)
     log.info("lead %s deleted by admin %s", lead_id, g.account["id"])
     flash(f"Request #{lead_id} and its emails are deleted.")

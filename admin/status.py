@@ -6,6 +6,7 @@ from pathlib import Path
 from flask import current_app, flash, g, redirect, render_template, url_for
 
 import db
+import housekeeping
 import notify
 from admin import audit, bp
 from admin.auth import live_sessions
@@ -27,6 +28,9 @@ def status():
         work_hours=f"{cfg['CLINIC_DAYS']}, {opens // 60:02d}:{opens % 60:02d}–{closes // 60:02d}:{closes % 60:02d}",
         audit_log=db.recent_audit(database),
         sessions=live_sessions(g.account, datetime.now(UTC)),
+        housekeeping=housekeeping.status(database, datetime.now(UTC)),
+        retention_days=cfg["LEAD_RETENTION_DAYS"],
+        keep_days=cfg["BACKUP_KEEP_DAYS"],
     )
 
 

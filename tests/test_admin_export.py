@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 from conftest import add_lead, post_lead, rows
 
 import db
+import notify
 
 
 def test_csv_is_excel_ready_and_defuses_formulas(app, owner):
@@ -105,14 +106,13 @@ def test_purge_deletes_old_leads_with_their_emails(app, client):
     database.close()
     mail = Path(app.config["DATA_DIR"]) / "mail"
     mail.mkdir()
-    (mail / "old.eml").write_text("old")
-    (mail / "new.eml").write_text("new")
+    notify.eml_path("<x@y>", app.config).write_text("the old lead's email")
+    (mail / "unrelated.eml").write_text("not a purged lead's email, however old")
     year_ago = (now - timedelta(days=370)).timestamp()
-    os.utime(mail / "old.eml", (year_ago, year_ago))
+    os.utime(mail / "unrelated.eml", (year_ago, year_ago))
     result = app.test_cli_runner().invoke(args=["purge-leads", "--older-than", "365"])
     assert result.exit_code == 0
-    assert [p.name for p in mail.iterdir()] == ["new.eml"]
-    assert "Deleted 1 email file(s)" in result.output
+    assert [p.name for p in mail.iterdir()] == ["unrelated.eml"]
     assert "Deleted 2 lead(s) received more than 365 days ago" in result.output
     assert [r["name"] for r in rows(app, "SELECT name FROM leads")] == ["Recent"]
     assert [r["lead_id"] for r in rows(app, "SELECT lead_id FROM outbox")] == [1]
@@ -122,6 +122,17 @@ def test_purge_deletes_old_leads_with_their_emails(app, client):
     ]
     again = app.test_cli_runner().invoke(args=["purge-leads", "--older-than", "365"])
     assert "Deleted 0 lead(s)" in again.output
+
+
+def test_purge_with_retention_off_deletes_nothing_unless_told(settings, client):
+    from app import create_app
+
+    settings["LEAD_RETENTION_DAYS"] = 0
+    app = create_app(settings)
+    add_lead(app, datetime.now(UTC) - timedelta(days=4000), name="Ancient")
+    result = app.test_cli_runner().invoke(args=["purge-leads"])
+    assert result.exit_code != 0 and "LEAD_RETENTION_DAYS is 0" in result.output
+    assert [r["name"] for r in rows(app, "SELECT name FROM leads")] == ["Ancient"]
 
 
 def test_purge_refuses_nonsense(app):

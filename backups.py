@@ -1,0 +1,240 @@
+"""Backups of the leads database: taken online, checked, kept for BACKUP_KEEP_DAYS, and restored."""
+
+import contextlib
+import fcntl
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import click
+from flask import Flask, current_app
+from flask.cli import with_appcontext
+
+import db
+
+NAME = re.compile(r"leads-(\d{4}-\d{2}-\d{2}).*\.db")
+SERVER_LOCK = "server.lock"
+
+
+class BackupError(Exception):
+    """A backup could not be made, or a file cannot be restored; the message says why."""
+
+
+def backup_dir(config: dict) -> Path:
+    """The folder the daily backups go to: $DATA_DIR/backups."""
+    return Path(config["DATA_DIR"]) / "backups"
+
+
+def create_private(path: Path) -> None:
+    """Create `path` as an empty file only its owner can read (0600 from the first moment)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    os.chmod(path, 0o600)  # the process umask may have kept bits back; never added any
+
+
+def copy_database(source: str, target: Path) -> int:
+    """Copy the SQLite file `source` into the new file `target` and check the copy; return its leads.
+
+    SQLite's online backup API in one step reads a single snapshot, so the copy is consistent
+    while visitors keep writing (in WAL mode writers do not wait for it). Raise BackupError
+    when the source cannot be read, the copy fails PRAGMA integrity_check, or it is not this
+    site's database.
+    """
+    create_private(target)
+    try:
+        src = sqlite3.connect(source, timeout=db.BUSY_TIMEOUT_MS / 1000)
+        dst = sqlite3.connect(target)
+        try:
+            src.backup(dst)
+            dst.execute("PRAGMA journal_mode = DELETE")  # one self-contained file, no -wal beside it
+            problems = [row[0] for row in dst.execute("PRAGMA integrity_check")]
+            if problems != ["ok"]:
+                raise BackupError(f"it fails SQLite's integrity check: {'; '.join(problems[:3])}")
+            tables = {row[0] for row in dst.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not {"leads", "outbox", "_sqlite_migrations"} <= tables:
+                raise BackupError("it is an SQLite database, but not this site's: it has no leads and outbox tables")
+            return dst.execute("SELECT count(*) FROM leads").fetchone()[0]
+        finally:
+            dst.close()
+            src.close()
+    except sqlite3.Error as error:
+        target.unlink(missing_ok=True)
+        raise BackupError(f"it cannot be read as an SQLite database ({error})") from None
+    except BackupError:
+        target.unlink(missing_ok=True)
+        raise
+
+
+def backup_name(now: datetime) -> str:
+    """A backup's file name, dated so a listing sorts by age: leads-2026-11-29T091500Z.db."""
+    return f"leads-{now.astimezone(UTC):%Y-%m-%dT%H%M%SZ}.db"
+
+
+def make_backup(config: dict, now: datetime, to: Path | None = None) -> dict:
+    """Back the database up to `to` or into $DATA_DIR/backups; return its path, size and number of leads.
+
+    The copy is written beside its final name and renamed only once it passed the checks, so
+    a file named leads-*.db is always a good backup.
+    """
+    if to is not None and to.is_dir():
+        to = to / backup_name(now)
+    if to is None:
+        folder = backup_dir(config)
+        folder.mkdir(mode=0o700, exist_ok=True)
+        to = folder / backup_name(now)
+        for n in range(2, 100):  # two backups in one second (the daily one and one by hand)
+            if not to.exists():
+                break
+            to = folder / backup_name(now).replace(".db", f"-{n}.db")
+    if to.exists():
+        raise BackupError(f"{to} already exists; choose another name")
+    partial = to.with_name(f".{to.name}.partial")
+    partial.unlink(missing_ok=True)
+    try:
+        leads = copy_database(config["DATABASE"], partial)
+        os.replace(partial, to)
+        return {"path": str(to), "size_bytes": to.stat().st_size, "leads": leads}
+    except (BackupError, OSError) as error:
+        raise BackupError(f"The database could not be backed up to {to}: {error}") from None
+
+
+def prune_backups(config: dict, today: date) -> list[Path]:
+    """Delete the backups in $DATA_DIR/backups dated more than BACKUP_KEEP_DAYS ago; return them.
+
+    Called after a good backup, so the newest one always stays.
+    """
+    oldest_kept = today - timedelta(days=max(1, config["BACKUP_KEEP_DAYS"]) - 1)
+    removed = []
+    for path in backup_dir(config).glob(".leads-*.partial"):  # left by a worker stopped mid-backup
+        if path.stat().st_mtime < time.time() - 3600:
+            path.unlink(missing_ok=True)
+    for path in sorted(backup_dir(config).glob("leads-*.db")):
+        match = NAME.fullmatch(path.name)
+        if match and date.fromisoformat(match.group(1)) < oldest_kept:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def hold_server_lock(config: dict):
+    """Take this server process's shared lock on $DATA_DIR/server.lock and keep it until it exits.
+
+    `restore` needs the lock exclusively, so it cannot replace the database under a running server.
+    """
+    path = Path(config["DATA_DIR"]) / SERVER_LOCK
+    handle = open(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # noqa: SIM115 - held for the process's life
+    fcntl.flock(handle, fcntl.LOCK_SH)
+    return handle
+
+
+@contextlib.contextmanager
+def server_stopped(config: dict) -> Iterator[None]:
+    """Hold the server lock exclusively for the block; raise BackupError while a server process holds it."""
+    path = Path(config["DATA_DIR"]) / SERVER_LOCK
+    with open(os.open(path, os.O_RDWR | os.O_CREAT, 0o600)) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BackupError(
+                "The site's server is running. Stop it first (e.g. `sudo systemctl stop clinic-site`), "
+                "run restore again, then start it."
+            ) from None
+        yield
+
+
+def restore(config: dict, source: Path, now: datetime) -> dict:
+    """Replace the database with the backup `source`, keeping the current one as a dated copy.
+
+    Nothing changes unless `source` is a sound copy of this site's database and no server runs.
+    Return the number of leads restored and where the previous database was kept.
+    """
+    if not source.is_file():
+        raise BackupError(f"{source} is not a file: nothing was changed.")
+    database = Path(config["DATABASE"])
+    stamp = f"{now.astimezone(UTC):%Y-%m-%dT%H%M%SZ}"
+    with server_stopped(config):
+        incoming = database.with_name(f".{database.name}.restoring")
+        incoming.unlink(missing_ok=True)
+        try:
+            leads = copy_database(str(source), incoming)
+        except BackupError as error:
+            raise BackupError(f"{source} cannot be restored: {error}. Nothing was changed.") from None
+        kept = database.with_name(f"{database.stem}-before-restore-{stamp}.db")
+        if database.exists():
+            # Moved as files, -wal included, so even a database SQLite cannot read any more is kept whole.
+            for suffix in ("", "-wal", "-shm"):
+                current = Path(f"{database}{suffix}")
+                if current.exists():
+                    os.replace(current, f"{kept}{suffix}")
+        os.replace(incoming, database)
+        db.migrate(str(database))
+    return {"leads": leads, "kept": kept if kept.exists() else None}
+
+
+def log_backup(database, result: dict | None, error: str | None, started: datetime, actor: str) -> None:
+    """Record a backup's outcome in the housekeeping log (for the status page, the banner and `check`)."""
+    entry = {
+        "job": "backup",
+        "started_at": db.iso_utc(started),
+        "finished_at": db.utcnow(),
+        "ok": int(error is None),
+        "detail": error,
+        "actor": actor,
+    }
+    db.log_housekeeping(database, {**entry, **(result or {})})
+
+
+def backup_and_log(database, config: dict, now: datetime, actor: str, to: Path | None = None) -> dict:
+    """Make a backup, prune old ones when it went to $DATA_DIR/backups, and log it; raise BackupError on failure."""
+    try:
+        result = make_backup(config, now, to)
+    except BackupError as error:
+        log_backup(database, None, str(error), now, actor)
+        raise
+    log_backup(database, result, None, now, actor)
+    if to is None:
+        prune_backups(config, now.astimezone(UTC).date())
+    return result
+
+
+def init_app(app: Flask) -> None:
+    """Register the backup and restore commands."""
+    app.cli.add_command(backup_command)
+    app.cli.add_command(restore_command)
+
+
+@click.command("backup")
+@click.option("--to", "to", type=click.Path(path_type=Path), help="Write the backup here instead of data/backups/.")
+@with_appcontext
+def backup_command(to: Path | None) -> None:
+    """Back the database up now (safe while the site runs); say where and how many leads it holds."""
+    database = db.connect(current_app.config["DATABASE"])
+    try:
+        result = backup_and_log(database, current_app.config, datetime.now(UTC), "command line", to)
+    except BackupError as error:
+        raise click.ClickException(str(error)) from None
+    finally:
+        database.close()
+    click.echo(
+        f"Backup written to {result['path']}: {result['leads']} lead(s), "
+        f"{result['size_bytes'] / 1e6:.1f} MB, integrity check ok."
+    )
+
+
+@click.command("restore")
+@click.argument("path", type=click.Path(path_type=Path))
+@with_appcontext
+def restore_command(path: Path) -> None:
+    """Replace the database with a backup (stop the server first); the current one is kept as a dated copy."""
+    click.echo("The server must be stopped while a backup is restored.")
+    try:
+        result = restore(current_app.config, path, datetime.now(UTC))
+    except BackupError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"Restored {result['leads']} lead(s) from {path} into {current_app.config['DATABASE']}.")
+    if result["kept"]:
+        click.echo(f"The previous database is kept as {result['kept']}.")
+    click.echo("Start the server again (e.g. `sudo systemctl start clinic-site`).")

@@ -1,0 +1,135 @@
+"""The server's own daily housekeeping: a backup and the retention purge, done by one worker a day."""
+
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+from flask import Flask
+
+import backups
+import db
+import notify
+
+log = logging.getLogger("clinic.housekeeping")
+
+JOB = "daily"
+EVERY = timedelta(days=1)
+RETRY_AFTER_FAILURE = timedelta(hours=1)
+BACKUP_STALE_AFTER = timedelta(days=2)
+PURGE_BATCH = 250  # leads per transaction: a visitor's POST /contact waits for at most one batch
+MIN_PAUSE_SECONDS = 0.005
+
+
+def purge(database, config: dict, before: datetime, stop: threading.Event | None = None) -> dict:
+    """Delete what is older than `before`: leads with their notes, emails and .eml files, then
+    finished emails and audit-log lines; return how many of each went.
+
+    Each batch is its own BEGIN IMMEDIATE transaction of normal DELETEs (so triggers fire), and
+    the purge pauses after it as long as it took, so waiting visitors get the write lock in between.
+    """
+    stamp = db.iso_utc(before)
+    steps = {
+        "leads": lambda: db.purge_leads_batch(database, stamp, PURGE_BATCH),
+        "emails": lambda: db.purge_finished_emails_batch(database, stamp, PURGE_BATCH),
+        "audit": lambda: (db.purge_audit_batch(database, stamp, PURGE_BATCH), []),
+    }
+    counts = dict.fromkeys(steps, 0)
+    for kind, step in steps.items():
+        while not (stop and stop.is_set()):
+            started = time.monotonic()
+            count, message_ids = step()
+            for message_id in message_ids:  # exactly the purged emails' files, whatever their age
+                notify.eml_path(message_id, config).unlink(missing_ok=True)
+            counts[kind] += count
+            if count < PURGE_BATCH:
+                break
+            time.sleep(max(MIN_PAUSE_SECONDS, time.monotonic() - started))
+    return counts
+
+
+def purge_and_log(database, config: dict, now: datetime, days: int, actor: str, stop=None) -> dict:
+    """Purge what is older than `days` days, and log it (server log, housekeeping log, audit log)."""
+    started = now
+    try:
+        counts = purge(database, config, now - timedelta(days=days), stop)
+    except sqlite3.Error as error:
+        entry = {"job": "purge", "started_at": db.iso_utc(started), "finished_at": db.utcnow(), "ok": 0}
+        db.log_housekeeping(database, {**entry, "detail": f"failed: {error}", "actor": actor})
+        raise
+    detail = (
+        f"{counts['leads']} lead(s) older than {days} days, {counts['emails']} finished email(s), "
+        f"{counts['audit']} audit line(s)"
+    )
+    entry = {"job": "purge", "started_at": db.iso_utc(started), "finished_at": db.utcnow(), "ok": 1}
+    db.log_housekeeping(database, {**entry, "detail": detail, "leads": counts["leads"], "actor": actor})
+    db.audit(database, actor, "purged leads", db.utcnow(), detail=f"{counts['leads']} older than {days} days")
+    log.info("retention purge by %s: %s deleted", actor, detail)
+    return counts
+
+
+def run_daily(database, config: dict, now: datetime, who: str, stop=None) -> bool:
+    """Back up and purge if the day's housekeeping is due and this process wins it; return True if it did."""
+    if not db.claim_housekeeping(database, JOB, db.iso_utc(now), db.iso_utc(now + EVERY), who):
+        return False
+    try:
+        result = backups.backup_and_log(database, config, now, "housekeeping")
+        log.info("backup written to %s: %s lead(s), %s bytes", result["path"], result["leads"], result["size_bytes"])
+    except backups.BackupError as error:
+        log.error("%s; trying again in an hour", error)
+        db.set_housekeeping_due(database, JOB, db.iso_utc(now + RETRY_AFTER_FAILURE))
+    days = config["LEAD_RETENTION_DAYS"]
+    if days > 0:
+        purge_and_log(database, config, now, days, "housekeeping", stop)
+    else:
+        log.info("retention purge off (LEAD_RETENTION_DAYS=0): no lead deleted")
+    return True
+
+
+def run(app: Flask, stop: threading.Event) -> None:
+    """Every HOUSEKEEPING_POLL_SECONDS, do the day's housekeeping if it is due, until `stop` is set."""
+    database = db.connect(app.config["DATABASE"])
+    who = f"{socket.gethostname()}:{os.getpid()}"
+    while not stop.wait(app.config["HOUSEKEEPING_POLL_SECONDS"]):
+        try:
+            run_daily(database, app.config, datetime.now(UTC), who, stop)
+        except Exception:
+            log.exception("housekeeping hit an error; trying again at the next check")
+    database.close()
+
+
+def start(app: Flask) -> threading.Event:
+    """Start this server process's housekeeping thread; set the returned event to stop it."""
+    stop = threading.Event()
+    threading.Thread(target=run, args=(app, stop), name="housekeeping", daemon=True).start()
+    return stop
+
+
+def backup_alarm(database, now: datetime) -> str | None:
+    """Why the backups need the owner's attention (the last failed, or the last good one is old), or None.
+
+    A new site that has made no backup yet is fine.
+    """
+    last = db.last_housekeeping(database, "backup")
+    if last is None:
+        return None
+    if not last["ok"]:
+        return f"the last backup failed: {last['detail']}"
+    age = now - datetime.fromisoformat(last["finished_at"])
+    if age > BACKUP_STALE_AFTER:
+        return f"the last good backup is {age.days} days old"
+    return None
+
+
+def status(database, now: datetime) -> dict:
+    """The last backup, the last good one, the last purge and any alarm, for the status page."""
+    return {
+        "last_backup": db.last_housekeeping(database, "backup"),
+        "last_good_backup": db.last_housekeeping(database, "backup", ok_only=True),
+        "last_purge": db.last_housekeeping(database, "purge"),
+        "alarm": backup_alarm(database, now),
+        "due_at": db.housekeeping_due_at(database, JOB),
+    }
