@@ -281,7 +281,7 @@ def send_one(database, row: dict, send: Callable[[EmailMessage], str], now: date
         return False
     if not db.mark_sent(database, row["id"], stamp):
         # Its lead was deleted while it was out: keep no copy of it on disk either.
-        eml_path(row["message_id"], current_app.config).unlink(missing_ok=True)
+        eml_path(row["message_id"], config).unlink(missing_ok=True)
         log.info("email %s for lead %s was deleted with its lead while being sent", row["id"], row["lead_id"])
         return False
     log.info("email %s for lead %s %s (attempt %s)", row["id"], row["lead_id"], where, row["attempts"])

@@ -234,7 +234,7 @@ def flask_env(data_dir) -> dict:
 def test_migration_gives_an_existing_database_cascading_deletes(tmp_path):
     path = str(tmp_path / "leads.db")
     database = db.connect(path)
-    db.migrations.apply(database, stop_before="m003_lead_data_goes_with_its_lead")
+    db.migrations.apply(database, stop_before="m004_lead_data_goes_with_its_lead")
     with db.write(database):
         lead_id, _ = db.add_lead(database, {"form_id": "f", "name": "Before", "is_spam": 0}, db.utcnow())
         email = {"lead_id": lead_id, "kind": "lead", "to_addr": "a@b", "subject": "s", "body_text": "b"}
@@ -306,7 +306,7 @@ def test_a_lead_deleted_while_its_email_file_is_written_leaves_no_file(app, clie
 
     with app.app_context():
         [row] = db.claim_due_emails(database, db.utcnow(), db.utcnow())
-        assert notify.send_one(database, row, write_then_owner_deletes, datetime.now(UTC)) is False
+        assert notify.send_one(database, row, write_then_owner_deletes, datetime.now(UTC), app.config) is False
     database.close()
     assert list((Path(app.config["DATA_DIR"]) / "mail").glob("*.eml")) == []
     assert rows(app, "SELECT * FROM outbox") == [] and rows(app, "SELECT * FROM email_attempts") == []
