@@ -1,8 +1,9 @@
 """The owner's admin area: sign-in, the leads inbox, a lead's page, email status, CSV export, CLI.
 
 The blueprint and what every section shares live here; each section is a module of its own:
-`auth` (sign-in, sessions and the guard), `inbox` (list, charts, CSV), `lead` (one lead),
-`status` (email status and the audit log), `commands` (`create-admin`, `purge-leads`).
+`auth` (sign-in, sessions and the guard), `devices` (device cookies, browser names),
+`inbox` (list, charts, CSV), `lead` (one lead), `status` (email status, open sessions, the audit log),
+`commands` (`create-admin`, `purge-leads`).
 """
 
 import contextlib

@@ -31,10 +31,12 @@ OPEN_ENDPOINTS = {"admin.login"}
 DATA_ENDPOINTS = {"admin.export_csv"}  # answer 401 rather than a redirect to a page
 ADDRESS_FAILURE_FACTOR = 4  # an address may fail this many times more than one account
 DEVICE_MAX_FAILURES = 3  # a browser that signed in before may fail this often (at most LOGIN_MAX_FAILURES)
-# Each password check takes about 0.1 s of CPU and 32 MiB (scrypt): a couple at once per process at most,
-# and a sign-in that cannot get a turn soon is refused rather than left holding a server thread.
+# Each password check takes about 0.1 s of CPU and 32 MiB (scrypt): a couple at once per process at most.
+# As many again may wait up to HASH_WAIT_SECONDS for a turn; any more are refused at once, so a flood of
+# sign-ins holds at most four of a worker's threads and the pages keep theirs.
 HASH_SLOTS_MAX = 2
 HASH_SLOTS = threading.BoundedSemaphore(HASH_SLOTS_MAX)
+HASH_CALLERS = threading.BoundedSemaphore(2 * HASH_SLOTS_MAX)
 HASH_WAIT_SECONDS = 2
 TOUCH_EVERY = timedelta(minutes=1)
 
@@ -131,14 +133,21 @@ def add_attempt(username: str, device: str | None, now: datetime) -> tuple[list[
     return [], max(1, math.ceil((opens - now).total_seconds() / 60))
 
 
-def password_matches(account: dict | None, password: str) -> bool | None:
+def password_matches(account: dict | None, password: str, known: bool) -> bool | None:
     """Check a password (against a dummy hash for an unknown name); None when too many checks are running."""
-    if not HASH_SLOTS.acquire(timeout=HASH_WAIT_SECONDS):
+    # A browser that signed in before always gets in line, so a flood from strangers cannot keep it out.
+    if not known and not HASH_CALLERS.acquire(blocking=False):
         return None
     try:
-        return check_password_hash(account["password_hash"] if account else dummy_hash(), password)
+        if not HASH_SLOTS.acquire(timeout=HASH_WAIT_SECONDS):
+            return None
+        try:
+            return check_password_hash(account["password_hash"] if account else dummy_hash(), password)
+        finally:
+            HASH_SLOTS.release()
     finally:
-        HASH_SLOTS.release()
+        if not known:
+            HASH_CALLERS.release()
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -165,7 +174,7 @@ def login():
             return render_template("admin/login.html", form=form, message=message, target=target), 429
         database = db.get_db()
         account = db.get_account(database, username)
-        matches = password_matches(account, form.password.data)
+        matches = password_matches(account, form.password.data, known=device is not None)
         if matches is None:
             db.forget_sign_in_attempt(database, attempt)
             log.warning("admin sign-in refused: %s password checks already running", HASH_SLOTS_MAX)
