@@ -720,7 +720,7 @@ def rate_forget_expired(conn: sqlite3.Connection, now: float) -> int:
 
 
 @migrations()
-def m003_lead_data_goes_with_its_lead(db: Database) -> None:
+def m004_lead_data_goes_with_its_lead(db: Database) -> None:
     """Emails, their attempts and notes point at their lead with ON DELETE CASCADE (a table rebuild each)."""
     # Rows whose parent is already gone would fail the new constraint; they belong to nobody.
     db.execute("DELETE FROM email_attempts WHERE outbox_id NOT IN (SELECT id FROM outbox)")
@@ -736,7 +736,7 @@ def m003_lead_data_goes_with_its_lead(db: Database) -> None:
 
 
 @migrations()
-def m004_housekeeping(db: Database) -> None:
+def m005_housekeeping(db: Database) -> None:
     """When the daily housekeeping is next due, and a log of each backup and purge."""
     db.table("housekeeping").create(
         {"job": str, "due_at": str, "claimed_at": str, "claimed_by": str}, pk="job", not_null={"due_at"}
