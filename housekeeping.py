@@ -1,5 +1,6 @@
 """The server's own daily housekeeping: a backup and the retention purge, done by one worker a day."""
 
+import contextlib
 import logging
 import os
 import socket
@@ -91,14 +92,13 @@ def run_daily(database, config: dict, now: datetime, who: str, stop=None) -> boo
 
 def run(app: Flask, stop: threading.Event) -> None:
     """Every HOUSEKEEPING_POLL_SECONDS, do the day's housekeeping if it is due, until `stop` is set."""
-    database = db.connect(app.config["DATABASE"])
     who = f"{socket.gethostname()}:{os.getpid()}"
     while not stop.wait(app.config["HOUSEKEEPING_POLL_SECONDS"]):
         try:
-            run_daily(database, app.config, datetime.now(UTC), who, stop)
+            with contextlib.closing(db.connect(app.config["DATABASE"])) as database:
+                run_daily(database, app.config, datetime.now(UTC), who, stop)
         except Exception:
             log.exception("housekeeping hit an error; trying again at the next check")
-    database.close()
 
 
 def start(app: Flask) -> threading.Event:

@@ -1,7 +1,8 @@
 """`flask --app app check`: whether this site is ready for production, one line per problem."""
 
+import contextlib
 import os
-import smtplib
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,7 +22,7 @@ def mail_problem(cfg: dict) -> str | None:
         return "MAIL_SERVER is not set: notifications are only written to files in data/mail/ and nobody gets them"
     try:
         notify.smtp_connect(cfg).quit()
-    except (OSError, smtplib.SMTPException) as error:
+    except Exception as error:  # whatever stops the probe would stop the clinic's email too
         return (
             f"MAIL_SERVER {cfg['MAIL_SERVER']}:{cfg['MAIL_PORT']} cannot be used within MAIL_TIMEOUT "
             f"({cfg['MAIL_TIMEOUT']:g} s): {notify.describe(error)}"
@@ -72,11 +73,12 @@ def init_app(app: Flask) -> None:
 @with_appcontext
 def check_command() -> None:
     """Check that the site is ready for production: print each problem, or "ready"; exit 1 on any."""
-    database = db.connect(current_app.config["DATABASE"])
+    path = current_app.config["DATABASE"]
     try:
-        found = problems(current_app.config, database, datetime.now(UTC))
-    finally:
-        database.close()
+        with contextlib.closing(db.connect(path)) as database:
+            found = problems(current_app.config, database, datetime.now(UTC))
+    except sqlite3.DatabaseError as error:
+        found = [f"The database {path} cannot be read ({error}): restore a backup with `flask --app app restore PATH`"]
     for line in found:
         click.echo(line)
     if found:

@@ -85,6 +85,7 @@ def test_backup_while_eight_threads_write_holds_every_lead_committed_before_it(a
     assert re.fullmatch(r"leads-\d{4}-\d{2}-\d{2}.*\.db", backup.name)
     assert backup.parent == Path(app.config["DATA_DIR"]) / "backups"
     assert oct(backup.stat().st_mode & 0o777) == "0o600"
+    assert oct(backup.parent.stat().st_mode & 0o777) == "0o700"
     held = names(backup)
     assert before <= held, f"{len(before - held)} committed leads missing"
     assert f"{len(held)} lead(s)" in result.stdout
@@ -126,6 +127,7 @@ def test_restore_brings_the_leads_back_into_a_fresh_site(app, tmp_path, serve):
     assert f"Restored 30 lead(s) from {backup}" in result.stdout
     kept = re.search(r"The previous database is kept as (\S+)\.", result.stdout).group(1)
     assert names(kept) == set()  # the fresh site's empty database, kept all the same
+    assert oct((fresh / "leads.db").stat().st_mode & 0o777) == "0o600"
 
     server = serve({"DATA_DIR": str(fresh)})
     inbox = sign_in_and_read_inbox(server.url)
