@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
-from conftest import Inbox, drain, free_port, post_lead, rows
+from conftest import Inbox, add_lead, drain, free_port, post_lead, rows
 
 import db
 import notify
@@ -79,7 +79,8 @@ def test_control_characters_cannot_inject_headers(mail_app, smtp, sep):
     # The form refuses a line break in the name; the email builder must hold even when handed one.
     assert post_lead(mail_app.test_client(), name=name).status_code == 422
     now = db.utcnow()
-    lead = {"id": 1, "name": name, "email": f"eve@example.com{sep}Bcc: x@example.com", "created_at": now}
+    lead_id = add_lead(mail_app, name="Eve")  # the email's lead must exist (foreign key)
+    lead = {"id": lead_id, "name": name, "email": f"eve@example.com{sep}Bcc: x@example.com", "created_at": now}
     with mail_app.test_request_context():
         row = notify.lead_email(lead, mail_app.config)
         with db.connect(mail_app.config["DATABASE"]) as database:
