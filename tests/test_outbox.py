@@ -1,15 +1,12 @@
 """The clinic's notification email, delivered from the outbox to a real SMTP server."""
 
-import asyncio
 import socket
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from aiosmtpd.controller import Controller
-from conftest import Inbox, drain, free_port, post_lead, rows
+from conftest import drain, free_port, post_lead, rows
 
 import db
 import notify
@@ -295,46 +292,6 @@ def test_outbox_send_without_a_mail_server_refuses_to_write_files(app):
     result = app.test_cli_runner().invoke(args=["outbox", "send", "--to-files"])
     assert "1 email(s) sent" in result.output
     assert len(list((Path(app.config["DATA_DIR"]) / "mail").glob("*.eml"))) == 1
-
-
-class Gate(Inbox):
-    """An SMTP handler that holds each message until the test releases it."""
-
-    def __init__(self):
-        super().__init__()
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    async def handle_DATA(self, server, session, envelope):
-        self.entered.set()
-        await asyncio.get_running_loop().run_in_executor(None, self.release.wait, 10)
-        return await super().handle_DATA(server, session, envelope)
-
-
-def test_a_stopping_worker_ends_its_sender_after_the_current_email(settings):
-    gate = Gate()
-    controller = Controller(gate, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    settings.update(MAIL_SERVER="127.0.0.1", MAIL_PORT=controller.port, OUTBOX_WORKER=True)
-    app = create_app(settings)
-    for i in range(3):
-        post_lead(app.test_client(), name=f"Visitor {i}")
-    notify.wake.clear()
-    start_background(app)
-    try:
-        assert gate.entered.wait(10)  # the first email is on the wire
-        stopper = threading.Thread(target=stop_background, args=(app,))
-        stopper.start()
-        while not notify.wake.is_set():  # set just after the stop request
-            time.sleep(0.01)
-        gate.release.set()
-        stopper.join(10)
-        assert not [t for t in threading.enumerate() if t.name == "outbox-sender"]
-    finally:
-        gate.release.set()
-        controller.stop()
-    assert len(gate.envelopes) == 1
-    assert [row["status"] for row in outbox(app)] == ["sent", "pending", "pending"]
 
 
 def test_the_longest_message_arrives_whole_with_no_line_over_998(mail_app, smtp):
