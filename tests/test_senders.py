@@ -26,6 +26,21 @@ def command_env(data_dir: str, **extra) -> dict:
     return {**env, "DATA_DIR": data_dir, "SECRET_KEY": "live-test", "OUTBOX_POLL_SECONDS": "0.2", **extra}
 
 
+def run_flask(data_dir: str, *args: str, stdin: str = "") -> None:
+    """Run `flask --app app ARGS` as the owner would from a shell or cron, and check it succeeded."""
+    flask = Path(sys.executable).with_name("flask")
+    done = subprocess.run(
+        [str(flask), "--app", "app", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=command_env(data_dir),
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+
+
 def emails(app) -> list[dict]:
     return rows(app, "SELECT id, status FROM outbox ORDER BY id")
 
@@ -38,28 +53,10 @@ def test_a_flask_command_leaves_waiting_email_to_the_server(settings, serve, smt
     app = create_app(settings)
     post_lead(app.test_client())
     data_dir = settings["DATA_DIR"]
-    flask = Path(sys.executable).with_name("flask")
 
     # `flask shell` stays up three seconds, much longer than the sender would need to take the email.
-    done = subprocess.run(
-        [str(flask), "--app", "app", "shell"],
-        input="import time; time.sleep(3)\n",
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=command_env(data_dir),
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    purge = subprocess.run(
-        [str(flask), "--app", "app", "purge-leads", "--older-than", "365"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=command_env(data_dir),
-        timeout=60,
-    )
-    assert purge.returncode == 0, purge.stderr
+    run_flask(data_dir, "shell", stdin="import time; time.sleep(3)\n")
+    run_flask(data_dir, "purge-leads", "--older-than", "365")  # as cron runs it
     assert [e["status"] for e in emails(app)] == ["pending"]
     assert mail_files(data_dir) == []
 
