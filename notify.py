@@ -88,8 +88,8 @@ def origin_and_path(url: str | None) -> str:
     try:
         parts = urlsplit(url)
         host, port = parts.hostname, parts.port
-    except ValueError:
-        host = port = None
+    except ValueError:  # e.g. "http://[x" or a port that is not a number
+        return "(not a web address)"
     if parts.scheme not in ("http", "https") or not host:
         return "(not a web address)"
     netloc = (f"[{host}]" if ":" in host else host) + (f":{port}" if port else "")

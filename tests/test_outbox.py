@@ -325,3 +325,10 @@ def test_referring_page_is_plain_text_origin_and_path_as_the_browser_said(mail_a
     assert 'href="https://news' not in html
     assert "(not a web address)" in second.get_body(("plain",)).get_content()
     assert "javascript" not in second.get_body(("html",)).get_content()
+
+
+@pytest.mark.parametrize("referrer", ["http://[broken", "https://news.example:port/x", "//news.example/x"])
+def test_a_referring_page_that_is_no_web_address_still_sends_the_email(mail_app, smtp, referrer):
+    assert post_lead(mail_app.test_client(), referrer=referrer).status_code == 303
+    assert drain(mail_app) == 1
+    assert "(not a web address)" in smtp.messages[0].get_body(("plain",)).get_content()
