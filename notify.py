@@ -88,8 +88,8 @@ def origin_and_path(url: str | None) -> str:
     try:
         parts = urlsplit(url)
         host, port = parts.hostname, parts.port
-    except ValueError:
-        host = port = None
+    except ValueError:  # e.g. "http://[x" or a port that is not a number
+        return "(not a web address)"
     if parts.scheme not in ("http", "https") or not host:
         return "(not a web address)"
     netloc = (f"[{host}]" if ":" in host else host) + (f":{port}" if port else "")
@@ -133,7 +133,7 @@ def smtp_connect(config: dict) -> smtplib.SMTP:
     """
     server, port, timeout = config["MAIL_SERVER"], config["MAIL_PORT"], config["MAIL_TIMEOUT"]
     encrypted = config["MAIL_USE_SSL"] or config["MAIL_USE_TLS"]
-    if (config["MAIL_USERNAME"] or config["MAIL_PASSWORD"]) and not encrypted:
+    if config["MAIL_USERNAME"] and not encrypted:  # without a username nothing is sent: no login
         raise InsecureMailLogin(
             "MAIL_USERNAME is set but the connection would not be encrypted, so the password was not sent: "
             "set MAIL_USE_TLS=true (port 587) or MAIL_USE_SSL=true (port 465)"

@@ -180,3 +180,9 @@ def test_smtp_connect_returns_a_logged_in_connection(certificate, monkeypatch):
     finally:
         controller.stop()
     assert mailbox.logins == [(b"clinic", b"mail-password", True)]
+
+
+def test_ssl_cert_file_naming_no_file_stops_start_up(tmp_path):
+    env = {"DATA_DIR": str(tmp_path), "SSL_CERT_FILE": str(tmp_path / "missing-ca.pem")}
+    with pytest.raises(config.ConfigError, match="SSL_CERT_FILE"):
+        config.finish(config.from_env(env))
