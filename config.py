@@ -89,7 +89,8 @@ def with_env_file(environ: Mapping[str, str]) -> dict[str, str]:
     path = environ.get("ENV_FILE", SETTINGS["ENV_FILE"][0])
     if not path or not os.path.isfile(path):
         return dict(environ)
-    from_file = {name: value for name, value in dotenv_values(path).items() if value is not None}
+    # Taken literally, never expanded: a "$" in a password stays a "$".
+    from_file = {name: value for name, value in dotenv_values(path, interpolate=False).items() if value is not None}
     return {**from_file, **environ}
 
 

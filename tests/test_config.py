@@ -5,6 +5,7 @@ import re
 import stat
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,11 @@ def test_an_existing_data_folder_open_to_others_is_closed(tmp_path):
     data.chmod(0o755)  # as a fresh clone leaves the repo's data/
     create_app({"DATA_DIR": str(data), "SECRET_KEY": "test", "OUTBOX_WORKER": False})
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
+
+
+def test_gunicorn_reads_the_env_file(serve, tmp_path):
+    env_file = tmp_path / "site.env"
+    env_file.write_text('CLINIC_NAME="Clinic From The File"\n')
+    server = serve({"ENV_FILE": str(env_file)})
+    with urllib.request.urlopen(server.url + "/", timeout=10) as response:
+        assert "Clinic From The File" in response.read().decode()
