@@ -2,6 +2,7 @@
 
 import contextlib
 import fcntl
+import re
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -415,6 +416,62 @@ def recent_audit(db: Database, limit: int = 100) -> list[dict]:
     return list(db.query("SELECT * FROM audit_log ORDER BY id DESC LIMIT ?", [limit]))
 
 
+# Full-text search: leads_fts indexes each lead's name, email, phone and message
+
+
+def _phone_suffixes(column: str) -> str:
+    """SQL for every tail of the phone's digits, space-separated, so a prefix search matches digits anywhere."""
+    digits = column
+    for ch in "+ -().":
+        digits = f"replace({digits}, '{ch}', '')"
+    return " || ' ' || ".join(f"substr({digits}, {start})" for start in range(1, PHONE_DIGITS_MAX - 1))
+
+
+PHONE_DIGITS_MAX = 15  # E.164
+FTS_COLUMNS = "name, email, phone, message"
+ID_STATUS_INDEX = "idx_leads_id_status_created_at"
+
+
+def _fts_values(row: str) -> str:
+    return f"{row}.id, {row}.name, {row}.email, {_phone_suffixes(f'{row}.phone')}, {row}.message"
+
+
+@migrations()
+def m003_leads_fts(db: Database) -> None:
+    """A full-text index of the leads, kept in step by triggers, and built for the leads already stored."""
+    # Contentless (the text stays in leads only): the phone column holds derived digit tails, which an
+    # external-content table could not read back from leads. Deleting from it needs the indexed values,
+    # which the triggers compute from old.* exactly as they did from new.*.
+    db.execute(
+        f"""CREATE VIRTUAL TABLE leads_fts USING fts5({FTS_COLUMNS}, content='',
+        tokenize='unicode61 remove_diacritics 2', prefix='2 3')"""
+    )
+    insert = f"INSERT INTO leads_fts (rowid, {FTS_COLUMNS}) VALUES ({_fts_values('new')});"
+    delete = f"INSERT INTO leads_fts (leads_fts, rowid, {FTS_COLUMNS}) VALUES ('delete', {_fts_values('old')});"
+    db.execute(f"CREATE TRIGGER leads_fts_insert AFTER INSERT ON leads BEGIN {insert} END")
+    db.execute(f"CREATE TRIGGER leads_fts_delete AFTER DELETE ON leads BEGIN {delete} END")
+    db.execute(f"CREATE TRIGGER leads_fts_update AFTER UPDATE OF {FTS_COLUMNS} ON leads BEGIN {delete} {insert} END")
+    db.execute(f"INSERT INTO leads_fts (rowid, {FTS_COLUMNS}) SELECT {_fts_values('leads')} FROM leads")
+
+
+@migrations()
+def m004_inbox_counts(db: Database) -> None:
+    """What the inbox counts without reading every lead: a count per status, kept by triggers, and two indexes."""
+    db.table("lead_counts").create({"status": str, "n": int}, pk="status", not_null={"n"})
+    add = "INSERT INTO lead_counts (status, n) VALUES (new.status, 1) ON CONFLICT (status) DO UPDATE SET n = n + 1;"
+    remove = "UPDATE lead_counts SET n = n - 1 WHERE status = old.status;"
+    db.execute(f"CREATE TRIGGER lead_counts_insert AFTER INSERT ON leads BEGIN {add} END")
+    db.execute(f"CREATE TRIGGER lead_counts_delete AFTER DELETE ON leads BEGIN {remove} END")
+    db.execute(
+        "CREATE TRIGGER lead_counts_update AFTER UPDATE OF status ON leads WHEN old.status IS NOT new.status"
+        f" BEGIN {remove} {add} END"
+    )
+    db.execute("INSERT INTO lead_counts (status, n) SELECT status, count(*) FROM leads GROUP BY status")
+    # The status and date of each search match, read from a small index instead of the lead's row.
+    db.table("leads").create_index(["id", "status", "created_at"], index_name=ID_STATUS_INDEX)
+    db.table("outbox").create_index(["status", "sent_at"])  # the last delivery, for the inbox's email banner
+
+
 # Admin: the inbox
 
 LEAD_STATUSES = ("new", "contacted", "booked", "not_interested", "spam")
@@ -426,29 +483,55 @@ def like_pattern(text: str) -> str:
     return f"%{escaped}%"
 
 
-def _lead_filter(q: str, since: str | None, until: str | None) -> tuple[str, dict]:
-    """The WHERE clause (without status) for a search text and a time range."""
-    clauses, params = ["1 = 1"], {}
-    if q:
+WORD_CHARACTER = re.compile(r"[^\W_]")  # a letter or digit: what FTS5's unicode61 tokenizer keeps
+FTS_FEW_MATCHES = 2000  # up to this many matches, fetch them all and sort; above, walk the date index instead
+
+
+def fts_query(q: str) -> str:
+    """The FTS5 query for a search-box text, or '' when the text has no letter or digit.
+
+    Each whitespace-separated word becomes a quoted phrase whose last token is a prefix, so FTS5
+    reads quotes, *, -, NEAR, OR, AND, : and parentheses as plain text: `jane@example.com` is
+    the phrase "jane example com", and `migr` finds "migraine".
+    """
+    words = [word for word in q.split() if WORD_CHARACTER.search(word)]
+    if not words:
+        return ""
+    query = " AND ".join('"' + word.replace('"', '""') + '"*' for word in words)
+    digits = "".join(ch for ch in q if ch in "0123456789")
+    if len(digits) >= 3:  # "949-510" finds the stored +19495106333 (the phone column holds its digit tails)
+        query = f'({query}) OR phone : "{digits}"*'
+    return query
+
+
+def _lead_filter(q: str, since: str | None, until: str | None) -> tuple[list[str], dict]:
+    """WHERE clauses (without status or full-text match) and parameters for a search text and a time range.
+
+    The FTS5 query, if the text has a letter or digit, is returned as params["fts"].
+    """
+    clauses, params = [], {}
+    if fts_query(q):
+        params["fts"] = fts_query(q)
+    elif q:  # only punctuation, which the index does not hold: look for it as it is, row by row
         params["q"] = like_pattern(q)
-        fields = ["name", "email", "phone", "message"]
-        clauses_q = [f"{field} LIKE :q ESCAPE '\\'" for field in fields]
-        digits = "".join(ch for ch in q if ch.isdigit())
-        if len(digits) >= 3:  # "949-510" finds the stored +19495106333
-            params["digits"] = f"%{digits}%"
-            clauses_q.append("phone LIKE :digits")
-        clauses.append("(" + " OR ".join(clauses_q) + ")")
+        fields = ("name", "email", "phone", "message")
+        clauses.append("(" + " OR ".join(f"{field} LIKE :q ESCAPE '\\'" for field in fields) + ")")
     if since:
         clauses.append("created_at >= :since")
         params["since"] = since
     if until:
         clauses.append("created_at < :until")
         params["until"] = until
-    return " AND ".join(clauses), params
+    return clauses, params
 
 
 def _status_clause(status: str | None) -> str:
     return "status = :status" if status else "status != 'spam'"
+
+
+def _count_matches(db: Database, fts: str) -> int:
+    """How many leads the full-text query matches (spam and any date included)."""
+    return next(db.query("SELECT count(*) AS n FROM leads_fts WHERE leads_fts MATCH ?", [fts]))["n"]
 
 
 def search_leads(
@@ -461,11 +544,17 @@ def search_leads(
     offset: int = 0,
 ) -> Iterator[dict]:
     """Leads matching the inbox filter, newest first, with their email's status; spam only when `status` is 'spam'."""
-    where, params = _lead_filter(q, since, until)
+    clauses, params = _lead_filter(q, since, until)
     params["status"] = status
+    if "fts" in params:
+        # Few matches: look each up and sort them. Many: walk the (status,) created_at index from the
+        # newest and keep the matches, which finds a page without reading them all (+ forbids the lookup).
+        lookup = "" if _count_matches(db, params["fts"]) <= FTS_FEW_MATCHES else "+"
+        clauses.append(f"{lookup}leads.id IN (SELECT rowid FROM leads_fts WHERE leads_fts MATCH :fts)")
+    clauses.append(_status_clause(status))
     email_status = "(SELECT status FROM outbox WHERE lead_id = leads.id AND kind = 'lead' ORDER BY id DESC LIMIT 1)"
     sql = (
-        f"SELECT *, {email_status} AS email_status FROM leads WHERE {where} AND {_status_clause(status)}"
+        f"SELECT *, {email_status} AS email_status FROM leads WHERE {' AND '.join(clauses)}"
         " ORDER BY created_at DESC, id DESC"
     )
     if limit is not None:
@@ -476,9 +565,20 @@ def search_leads(
 
 def count_by_status(db: Database, q: str = "", since: str | None = None, until: str | None = None) -> dict[str, int]:
     """How many leads match the search in each status."""
-    where, params = _lead_filter(q, since, until)
     counts = dict.fromkeys(LEAD_STATUSES, 0)
-    for row in db.query(f"SELECT status, count(*) AS n FROM leads WHERE {where} GROUP BY status", params):
+    if not q and not since and not until:
+        rows = db.query("SELECT status, n FROM lead_counts")
+    else:
+        clauses, params = _lead_filter(q, since, until)
+        if "fts" in params:
+            source = f"leads_fts JOIN leads INDEXED BY {ID_STATUS_INDEX} ON leads.id = leads_fts.rowid"
+            clauses.append("leads_fts MATCH :fts")
+        else:  # one range of the (status, created_at) index per status
+            source = "leads"
+            clauses.append("status IN (" + ", ".join(f"'{status}'" for status in LEAD_STATUSES) + ")")
+        where = " AND ".join(clauses)
+        rows = db.query(f"SELECT status, count(*) AS n FROM {source} WHERE {where} GROUP BY status", params)
+    for row in rows:
         counts[row["status"]] = row["n"]
     return counts
 
