@@ -418,6 +418,14 @@ def recent_audit(db: Database, limit: int = 100) -> list[dict]:
 
 # Full-text search: leads_fts indexes each lead's name, email, phone and message
 
+FTS_COLUMNS = "name, email, phone, message"
+PHONE_DIGITS_MAX = 15  # E.164
+# Each index row's rowid is the lead's id * 8 + its status's code, so a search counts its matches per
+# status from the index alone, without reading a lead. The index stores these: never renumber them;
+# a new status needs a code of its own and a migration that recreates the triggers.
+FTS_STATUS_CODES = {"new": 0, "contacted": 1, "booked": 2, "not_interested": 3, "spam": 4}
+FTS_OTHER_STATUS = 7
+
 
 def _phone_suffixes(column: str) -> str:
     """SQL for every tail of the phone's digits, space-separated, so a prefix search matches digits anywhere."""
@@ -427,21 +435,19 @@ def _phone_suffixes(column: str) -> str:
     return " || ' ' || ".join(f"substr({digits}, {start})" for start in range(1, PHONE_DIGITS_MAX - 1))
 
 
-PHONE_DIGITS_MAX = 15  # E.164
-FTS_COLUMNS = "name, email, phone, message"
-ID_STATUS_INDEX = "idx_leads_id_status_created_at"
-
-
 def _fts_values(row: str) -> str:
-    return f"{row}.id, {row}.name, {row}.email, {_phone_suffixes(f'{row}.phone')}, {row}.message"
+    """SQL for the rowid and the indexed columns of the lead `row` (new, old or leads)."""
+    codes = " ".join(f"WHEN '{status}' THEN {code}" for status, code in FTS_STATUS_CODES.items())
+    rowid = f"{row}.id * 8 + CASE {row}.status {codes} ELSE {FTS_OTHER_STATUS} END"
+    return f"{rowid}, {row}.name, {row}.email, {_phone_suffixes(f'{row}.phone')}, {row}.message"
 
 
 @migrations()
-def m003_leads_fts(db: Database) -> None:
+def m004_leads_fts(db: Database) -> None:
     """A full-text index of the leads, kept in step by triggers, and built for the leads already stored."""
-    # Contentless (the text stays in leads only): the phone column holds derived digit tails, which an
-    # external-content table could not read back from leads. Deleting from it needs the indexed values,
-    # which the triggers compute from old.* exactly as they did from new.*.
+    # Contentless (the text stays in leads only): its phone column holds derived digit tails and its
+    # rowid the status too, which an external-content table could not read back from leads. Deleting a
+    # row needs the indexed values, which the triggers compute from old.* exactly as from new.*.
     db.execute(
         f"""CREATE VIRTUAL TABLE leads_fts USING fts5({FTS_COLUMNS}, content='',
         tokenize='unicode61 remove_diacritics 2', prefix='2 3')"""
@@ -450,13 +456,16 @@ def m003_leads_fts(db: Database) -> None:
     delete = f"INSERT INTO leads_fts (leads_fts, rowid, {FTS_COLUMNS}) VALUES ('delete', {_fts_values('old')});"
     db.execute(f"CREATE TRIGGER leads_fts_insert AFTER INSERT ON leads BEGIN {insert} END")
     db.execute(f"CREATE TRIGGER leads_fts_delete AFTER DELETE ON leads BEGIN {delete} END")
-    db.execute(f"CREATE TRIGGER leads_fts_update AFTER UPDATE OF {FTS_COLUMNS} ON leads BEGIN {delete} {insert} END")
+    db.execute(
+        f"CREATE TRIGGER leads_fts_update AFTER UPDATE OF id, status, {FTS_COLUMNS} ON leads"
+        f" BEGIN {delete} {insert} END"
+    )
     db.execute(f"INSERT INTO leads_fts (rowid, {FTS_COLUMNS}) SELECT {_fts_values('leads')} FROM leads")
 
 
 @migrations()
-def m004_inbox_counts(db: Database) -> None:
-    """What the inbox counts without reading every lead: a count per status, kept by triggers, and two indexes."""
+def m005_inbox_counts(db: Database) -> None:
+    """What the inbox counts without reading every lead: a count per status kept by triggers; the last delivery."""
     db.table("lead_counts").create({"status": str, "n": int}, pk="status", not_null={"n"})
     add = "INSERT INTO lead_counts (status, n) VALUES (new.status, 1) ON CONFLICT (status) DO UPDATE SET n = n + 1;"
     remove = "UPDATE lead_counts SET n = n - 1 WHERE status = old.status;"
@@ -467,8 +476,6 @@ def m004_inbox_counts(db: Database) -> None:
         f" BEGIN {remove} {add} END"
     )
     db.execute("INSERT INTO lead_counts (status, n) SELECT status, count(*) FROM leads GROUP BY status")
-    # The status and date of each search match, read from a small index instead of the lead's row.
-    db.table("leads").create_index(["id", "status", "created_at"], index_name=ID_STATUS_INDEX)
     db.table("outbox").create_index(["status", "sent_at"])  # the last delivery, for the inbox's email banner
 
 
@@ -529,9 +536,13 @@ def _status_clause(status: str | None) -> str:
     return "status = :status" if status else "status != 'spam'"
 
 
-def _count_matches(db: Database, fts: str) -> int:
-    """How many leads the full-text query matches (spam and any date included)."""
-    return next(db.query("SELECT count(*) AS n FROM leads_fts WHERE leads_fts MATCH ?", [fts]))["n"]
+def _fts_matches(status: str | None) -> str:
+    """SQL for the ids of the leads in `status` (None: all but spam) that the full-text query :fts matches."""
+    if status:
+        code = f"= {FTS_STATUS_CODES.get(status, FTS_OTHER_STATUS)}"
+    else:
+        code = f"!= {FTS_STATUS_CODES['spam']}"
+    return f"SELECT rowid >> 3 FROM leads_fts WHERE leads_fts MATCH :fts AND rowid & 7 {code}"
 
 
 def search_leads(
@@ -547,10 +558,11 @@ def search_leads(
     clauses, params = _lead_filter(q, since, until)
     params["status"] = status
     if "fts" in params:
+        matches = next(db.query(f"SELECT count(*) AS n FROM ({_fts_matches(status)})", params))["n"]
         # Few matches: look each up and sort them. Many: walk the (status,) created_at index from the
         # newest and keep the matches, which finds a page without reading them all (+ forbids the lookup).
-        lookup = "" if _count_matches(db, params["fts"]) <= FTS_FEW_MATCHES else "+"
-        clauses.append(f"{lookup}leads.id IN (SELECT rowid FROM leads_fts WHERE leads_fts MATCH :fts)")
+        lookup = "" if matches <= FTS_FEW_MATCHES else "+"
+        clauses.append(f"{lookup}leads.id IN ({_fts_matches(status)})")
     clauses.append(_status_clause(status))
     email_status = "(SELECT status FROM outbox WHERE lead_id = leads.id AND kind = 'lead' ORDER BY id DESC LIMIT 1)"
     sql = (
@@ -566,20 +578,27 @@ def search_leads(
 def count_by_status(db: Database, q: str = "", since: str | None = None, until: str | None = None) -> dict[str, int]:
     """How many leads match the search in each status."""
     counts = dict.fromkeys(LEAD_STATUSES, 0)
-    if not q and not since and not until:
+    clauses, params = _lead_filter(q, since, until)
+    statuses = "status IN (" + ", ".join(f"'{status}'" for status in LEAD_STATUSES) + ")"
+    if not q and not clauses:
         rows = db.query("SELECT status, n FROM lead_counts")
-    else:
-        clauses, params = _lead_filter(q, since, until)
+    elif not clauses:  # a search alone: the status is in each match's rowid
+        by_code = {code: status for status, code in FTS_STATUS_CODES.items()}
+        rows = (
+            {"status": by_code.get(row["code"]), "n": row["n"]}
+            for row in db.query(
+                "SELECT rowid & 7 AS code, count(*) AS n FROM leads_fts WHERE leads_fts MATCH :fts GROUP BY code",
+                params,
+            )
+        )
+    else:  # one range of the (status, created_at) index per status
         if "fts" in params:
-            source = f"leads_fts JOIN leads INDEXED BY {ID_STATUS_INDEX} ON leads.id = leads_fts.rowid"
-            clauses.append("leads_fts MATCH :fts")
-        else:  # one range of the (status, created_at) index per status
-            source = "leads"
-            clauses.append("status IN (" + ", ".join(f"'{status}'" for status in LEAD_STATUSES) + ")")
-        where = " AND ".join(clauses)
-        rows = db.query(f"SELECT status, count(*) AS n FROM {source} WHERE {where} GROUP BY status", params)
+            clauses.append("id IN (SELECT rowid >> 3 FROM leads_fts WHERE leads_fts MATCH :fts)")
+        where = " AND ".join([statuses, *clauses])
+        rows = db.query(f"SELECT status, count(*) AS n FROM leads WHERE {where} GROUP BY status", params)
     for row in rows:
-        counts[row["status"]] = row["n"]
+        if row["status"] in counts:
+            counts[row["status"]] = row["n"]
     return counts
 
 

@@ -145,7 +145,7 @@ def test_status_counts_keep_in_step(app, inbox):
 def test_migration_builds_the_index_for_a_database_made_before_it(settings, tmp_path):
     path = str(tmp_path / "leads.db")
     old = db.connect(path)
-    db.migrations.apply(old, stop_before=["m003_leads_fts", "m004_inbox_counts"])
+    db.migrations.apply(old, stop_before=["m004_leads_fts", "m005_inbox_counts"])
     assert "leads_fts" not in old.table_names()
     old.close()
     add_leads(path, *LEADS)
