@@ -545,6 +545,20 @@ def _fts_matches(status: str | None) -> str:
     return f"SELECT rowid >> 3 FROM leads_fts WHERE leads_fts MATCH :fts AND rowid & 7 {code}"
 
 
+def _inbox_where(db: Database, status: str | None, q: str, since: str | None, until: str | None) -> tuple[str, dict]:
+    """The WHERE clause and parameters of the inbox filter; spam only when `status` is 'spam'."""
+    clauses, params = _lead_filter(q, since, until)
+    params["status"] = status
+    if "fts" in params:
+        matches = next(db.query(f"SELECT count(*) AS n FROM ({_fts_matches(status)})", params))["n"]
+        # Few matches: look each up and sort them. Many: walk the (status,) created_at index from the
+        # newest and keep the matches, which finds a page without reading them all (+ forbids the lookup).
+        lookup = "" if matches <= FTS_FEW_MATCHES else "+"
+        clauses.append(f"{lookup}leads.id IN ({_fts_matches(status)})")
+    clauses.append(_status_clause(status))
+    return " AND ".join(clauses), params
+
+
 def search_leads(
     db: Database,
     status: str | None = None,
@@ -555,24 +569,21 @@ def search_leads(
     offset: int = 0,
 ) -> Iterator[dict]:
     """Leads matching the inbox filter, newest first, with their email's status; spam only when `status` is 'spam'."""
-    clauses, params = _lead_filter(q, since, until)
-    params["status"] = status
-    if "fts" in params:
-        matches = next(db.query(f"SELECT count(*) AS n FROM ({_fts_matches(status)})", params))["n"]
-        # Few matches: look each up and sort them. Many: walk the (status,) created_at index from the
-        # newest and keep the matches, which finds a page without reading them all (+ forbids the lookup).
-        lookup = "" if matches <= FTS_FEW_MATCHES else "+"
-        clauses.append(f"{lookup}leads.id IN ({_fts_matches(status)})")
-    clauses.append(_status_clause(status))
+    where, params = _inbox_where(db, status, q, since, until)
     email_status = "(SELECT status FROM outbox WHERE lead_id = leads.id AND kind = 'lead' ORDER BY id DESC LIMIT 1)"
-    sql = (
-        f"SELECT *, {email_status} AS email_status FROM leads WHERE {' AND '.join(clauses)}"
-        " ORDER BY created_at DESC, id DESC"
-    )
+    sql = f"SELECT *, {email_status} AS email_status FROM leads WHERE {where} ORDER BY created_at DESC, id DESC"
     if limit is not None:
         sql += " LIMIT :limit OFFSET :offset"
         params.update(limit=limit, offset=offset)
     return db.query(sql, params)
+
+
+def iter_leads_for_export(
+    db: Database, status: str | None = None, q: str = "", since: str | None = None, until: str | None = None
+) -> Iterator[dict]:
+    """Every lead matching the inbox filter, newest first, read one at a time as the caller goes."""
+    where, params = _inbox_where(db, status, q, since, until)
+    return db.query(f"SELECT * FROM leads WHERE {where} ORDER BY created_at DESC, id DESC", params)
 
 
 def count_by_status(db: Database, q: str = "", since: str | None = None, until: str | None = None) -> dict[str, int]:

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import hashlib
 import http.cookiejar
+import inspect
 import os
 import random
 import re
@@ -174,11 +175,13 @@ def build(path: Path, count: int, seed: int = 13) -> None:
     conn.execute("COMMIT")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.close()
+    path.with_name(path.name + ".migrate-lock").unlink(missing_ok=True)
 
 
 def cached_build(count: int) -> Path:
     """A pristine database of `count` leads, built once per schema and kept in the temporary folder."""
-    schema = hashlib.sha256(Path(db.__file__).read_bytes() + Path(__file__).read_bytes()).hexdigest()[:12]
+    made_by = [m.fn for m in db.migrations._migrations] + [generated_leads, build]
+    schema = hashlib.sha256("".join(inspect.getsource(fn) for fn in made_by).encode()).hexdigest()[:12]
     path = Path(tempfile.gettempdir()) / f"clinic-scale-{count}-{schema}.db"
     if not path.exists():
         started = time.monotonic()
