@@ -159,3 +159,14 @@ def test_this_month_link_exports_the_month(app, owner):
     csv_link = re.search(r'href="(/admin/leads\.csv[^"]*)"', page).group(1).replace("&amp;", "&")
     text = owner.get(csv_link).get_data().decode("utf-8-sig")
     assert [row["name"] for row in csv.DictReader(io.StringIO(text, newline=""))] == ["Today"]
+
+
+def test_csv_is_read_from_the_database_as_it_is_sent(app, owner):
+    # Nothing is built before the first byte leaves: a lead stored after the download began, before
+    # its rows were read, is in the file (a response built whole would have been read already).
+    add(app, name="Before")
+    response = owner.get("/admin/leads.csv", buffered=False)
+    add(app, name="After")
+    names = [row[3] for row in csv.reader(io.StringIO(b"".join(response.response).decode("utf-8-sig")))]
+    response.close()
+    assert sorted(names[1:]) == ["After", "Before"]
