@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 ARGS ?=
 
-.PHONY: all run dev test lint fmt bench lighthouse clean
+.PHONY: all run dev test lint fmt bench bench-scale lighthouse clean
 
 all: test lint
 
@@ -43,6 +43,10 @@ fmt: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/run.py $(ARGS)
+
+# The inbox, search, CSV and a purge on 10k, 100k and 1M generated leads (about 20 minutes; ARGS="--sizes 10000").
+bench-scale: $(BIN)/.installed
+	$(BIN)/python bench/scale.py $(ARGS)
 
 lighthouse: $(BIN)/.installed node_modules/.installed
 	$(BIN)/python bench/lighthouse.py $(ARGS)

@@ -3,6 +3,7 @@
 import contextlib
 import fcntl
 import logging
+import re
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -491,6 +492,69 @@ def recent_audit(db: Database, limit: int = 100) -> list[dict]:
     return list(db.query("SELECT * FROM audit_log ORDER BY id DESC LIMIT ?", [limit]))
 
 
+# Full-text search: leads_fts indexes each lead's name, email, phone and message
+
+FTS_COLUMNS = "name, email, phone, message"
+PHONE_DIGITS_MAX = 15  # E.164
+# Each index row's rowid is the lead's id * 8 + its status's code, so a search counts its matches per
+# status from the index alone, without reading a lead. The index stores these: never renumber them;
+# a new status needs a code of its own and a migration that recreates the triggers.
+FTS_STATUS_CODES = {"new": 0, "contacted": 1, "booked": 2, "not_interested": 3, "spam": 4}
+FTS_OTHER_STATUS = 7
+
+
+def _phone_suffixes(column: str) -> str:
+    """SQL for every tail of the phone's digits, space-separated, so a prefix search matches digits anywhere."""
+    digits = column
+    for ch in "+ -().":
+        digits = f"replace({digits}, '{ch}', '')"
+    return " || ' ' || ".join(f"substr({digits}, {start})" for start in range(1, PHONE_DIGITS_MAX - 1))
+
+
+def _fts_values(row: str) -> str:
+    """SQL for the rowid and the indexed columns of the lead `row` (new, old or leads)."""
+    codes = " ".join(f"WHEN '{status}' THEN {code}" for status, code in FTS_STATUS_CODES.items())
+    rowid = f"{row}.id * 8 + CASE {row}.status {codes} ELSE {FTS_OTHER_STATUS} END"
+    return f"{rowid}, {row}.name, {row}.email, {_phone_suffixes(f'{row}.phone')}, {row}.message"
+
+
+@migrations()
+def m004_leads_fts(db: Database) -> None:
+    """A full-text index of the leads, kept in step by triggers, and built for the leads already stored."""
+    # Contentless (the text stays in leads only): its phone column holds derived digit tails and its
+    # rowid the status too, which an external-content table could not read back from leads. Deleting a
+    # row needs the indexed values, which the triggers compute from old.* exactly as from new.*.
+    db.execute(
+        f"""CREATE VIRTUAL TABLE leads_fts USING fts5({FTS_COLUMNS}, content='',
+        tokenize='unicode61 remove_diacritics 2', prefix='2 3')"""
+    )
+    insert = f"INSERT INTO leads_fts (rowid, {FTS_COLUMNS}) VALUES ({_fts_values('new')});"
+    delete = f"INSERT INTO leads_fts (leads_fts, rowid, {FTS_COLUMNS}) VALUES ('delete', {_fts_values('old')});"
+    db.execute(f"CREATE TRIGGER leads_fts_insert AFTER INSERT ON leads BEGIN {insert} END")
+    db.execute(f"CREATE TRIGGER leads_fts_delete AFTER DELETE ON leads BEGIN {delete} END")
+    db.execute(
+        f"CREATE TRIGGER leads_fts_update AFTER UPDATE OF id, status, {FTS_COLUMNS} ON leads"
+        f" BEGIN {delete} {insert} END"
+    )
+    db.execute(f"INSERT INTO leads_fts (rowid, {FTS_COLUMNS}) SELECT {_fts_values('leads')} FROM leads")
+
+
+@migrations()
+def m005_inbox_counts(db: Database) -> None:
+    """What the inbox counts without reading every lead: a count per status kept by triggers; the last delivery."""
+    db.table("lead_counts").create({"status": str, "n": int}, pk="status", not_null={"n"})
+    add = "INSERT INTO lead_counts (status, n) VALUES (new.status, 1) ON CONFLICT (status) DO UPDATE SET n = n + 1;"
+    remove = "UPDATE lead_counts SET n = n - 1 WHERE status = old.status;"
+    db.execute(f"CREATE TRIGGER lead_counts_insert AFTER INSERT ON leads BEGIN {add} END")
+    db.execute(f"CREATE TRIGGER lead_counts_delete AFTER DELETE ON leads BEGIN {remove} END")
+    db.execute(
+        "CREATE TRIGGER lead_counts_update AFTER UPDATE OF status ON leads WHEN old.status IS NOT new.status"
+        f" BEGIN {remove} {add} END"
+    )
+    db.execute("INSERT INTO lead_counts (status, n) SELECT status, count(*) FROM leads GROUP BY status")
+    db.table("outbox").create_index(["status", "sent_at"])  # the last delivery, for the inbox's email banner
+
+
 # Admin: the inbox
 
 # Every status a lead can have, in the order the admin shows them, with the label the owner reads.
@@ -509,29 +573,73 @@ def like_pattern(text: str) -> str:
     return f"%{escaped}%"
 
 
-def _lead_filter(q: str, since: str | None, until: str | None) -> tuple[str, dict]:
-    """The WHERE clause (without status) for a search text and a time range."""
-    clauses, params = ["1 = 1"], {}
-    if q:
+WORD_CHARACTER = re.compile(r"[^\W_]")  # a letter or digit: what FTS5's unicode61 tokenizer keeps
+FTS_FEW_MATCHES = 2000  # up to this many matches, fetch them all and sort; above, walk the date index instead
+
+
+def fts_query(q: str) -> str:
+    """The FTS5 query for a search-box text, or '' when the text has no letter or digit.
+
+    Each whitespace-separated word becomes a quoted phrase whose last token is a prefix, so FTS5
+    reads quotes, *, -, NEAR, OR, AND, : and parentheses as plain text: `jane@example.com` is
+    the phrase "jane example com", and `migr` finds "migraine".
+    """
+    words = [word for word in q.split() if WORD_CHARACTER.search(word)]
+    if not words:
+        return ""
+    query = " AND ".join('"' + word.replace('"', '""') + '"*' for word in words)
+    digits = "".join(ch for ch in q if ch in "0123456789")
+    if len(digits) >= 3:  # "949-510" finds the stored +19495106333 (the phone column holds its digit tails)
+        query = f'({query}) OR phone : "{digits}"*'
+    return query
+
+
+def _lead_filter(q: str, since: str | None, until: str | None) -> tuple[list[str], dict]:
+    """WHERE clauses (without status or full-text match) and parameters for a search text and a time range.
+
+    The FTS5 query, if the text has a letter or digit, is returned as params["fts"].
+    """
+    clauses, params = [], {}
+    if fts_query(q):
+        params["fts"] = fts_query(q)
+    elif q:  # only punctuation, which the index does not hold: look for it as it is, row by row
         params["q"] = like_pattern(q)
-        fields = ["name", "email", "phone", "message"]
-        clauses_q = [f"{field} LIKE :q ESCAPE '\\'" for field in fields]
-        digits = "".join(ch for ch in q if ch.isdigit())
-        if len(digits) >= 3:  # "949-510" finds the stored +19495106333
-            params["digits"] = f"%{digits}%"
-            clauses_q.append("phone LIKE :digits")
-        clauses.append("(" + " OR ".join(clauses_q) + ")")
+        fields = ("name", "email", "phone", "message")
+        clauses.append("(" + " OR ".join(f"{field} LIKE :q ESCAPE '\\'" for field in fields) + ")")
     if since:
         clauses.append("created_at >= :since")
         params["since"] = since
     if until:
         clauses.append("created_at < :until")
         params["until"] = until
-    return " AND ".join(clauses), params
+    return clauses, params
 
 
 def _status_clause(status: str | None) -> str:
     return "status = :status" if status else "status != 'spam'"
+
+
+def _fts_matches(status: str | None) -> str:
+    """SQL for the ids of the leads in `status` (None: all but spam) that the full-text query :fts matches."""
+    if status:
+        code = f"= {FTS_STATUS_CODES.get(status, FTS_OTHER_STATUS)}"
+    else:
+        code = f"!= {FTS_STATUS_CODES['spam']}"
+    return f"SELECT rowid >> 3 FROM leads_fts WHERE leads_fts MATCH :fts AND rowid & 7 {code}"
+
+
+def _inbox_where(db: Database, status: str | None, q: str, since: str | None, until: str | None) -> tuple[str, dict]:
+    """The WHERE clause and parameters of the inbox filter; spam only when `status` is 'spam'."""
+    clauses, params = _lead_filter(q, since, until)
+    params["status"] = status
+    if "fts" in params:
+        matches = next(db.query(f"SELECT count(*) AS n FROM ({_fts_matches(status)})", params))["n"]
+        # Few matches: look each up and sort them. Many: walk the (status,) created_at index from the
+        # newest and keep the matches, which finds a page without reading them all (+ forbids the lookup).
+        lookup = "" if matches <= FTS_FEW_MATCHES else "+"
+        clauses.append(f"{lookup}leads.id IN ({_fts_matches(status)})")
+    clauses.append(_status_clause(status))
+    return " AND ".join(clauses), params
 
 
 def search_leads(
@@ -544,25 +652,47 @@ def search_leads(
     offset: int = 0,
 ) -> Iterator[dict]:
     """Leads matching the inbox filter, newest first, with their email's status; spam only when `status` is 'spam'."""
-    where, params = _lead_filter(q, since, until)
-    params["status"] = status
+    where, params = _inbox_where(db, status, q, since, until)
     email_status = "(SELECT status FROM outbox WHERE lead_id = leads.id AND kind = 'lead' ORDER BY id DESC LIMIT 1)"
-    sql = (
-        f"SELECT *, {email_status} AS email_status FROM leads WHERE {where} AND {_status_clause(status)}"
-        " ORDER BY created_at DESC, id DESC"
-    )
+    sql = f"SELECT *, {email_status} AS email_status FROM leads WHERE {where} ORDER BY created_at DESC, id DESC"
     if limit is not None:
         sql += " LIMIT :limit OFFSET :offset"
         params.update(limit=limit, offset=offset)
     return db.query(sql, params)
 
 
+def iter_leads_for_export(
+    db: Database, status: str | None = None, q: str = "", since: str | None = None, until: str | None = None
+) -> Iterator[dict]:
+    """Every lead matching the inbox filter, newest first, read one at a time as the caller goes."""
+    where, params = _inbox_where(db, status, q, since, until)
+    return db.query(f"SELECT * FROM leads WHERE {where} ORDER BY created_at DESC, id DESC", params)
+
+
 def count_by_status(db: Database, q: str = "", since: str | None = None, until: str | None = None) -> dict[str, int]:
     """How many leads match the search in each status."""
-    where, params = _lead_filter(q, since, until)
     counts = dict.fromkeys(LEAD_STATUSES, 0)
-    for row in db.query(f"SELECT status, count(*) AS n FROM leads WHERE {where} GROUP BY status", params):
-        counts[row["status"]] = row["n"]
+    clauses, params = _lead_filter(q, since, until)
+    statuses = "status IN (" + ", ".join(f"'{status}'" for status in LEAD_STATUSES) + ")"
+    if not q and not clauses:
+        rows = db.query("SELECT status, n FROM lead_counts")
+    elif not clauses:  # a search alone: the status is in each match's rowid
+        by_code = {code: status for status, code in FTS_STATUS_CODES.items()}
+        rows = (
+            {"status": by_code.get(row["code"]), "n": row["n"]}
+            for row in db.query(
+                "SELECT rowid & 7 AS code, count(*) AS n FROM leads_fts WHERE leads_fts MATCH :fts GROUP BY code",
+                params,
+            )
+        )
+    else:  # one range of the (status, created_at) index per status
+        if "fts" in params:
+            clauses.append("id IN (SELECT rowid >> 3 FROM leads_fts WHERE leads_fts MATCH :fts)")
+        where = " AND ".join([statuses, *clauses])
+        rows = db.query(f"SELECT status, count(*) AS n FROM leads WHERE {where} GROUP BY status", params)
+    for row in rows:
+        if row["status"] in counts:
+            counts[row["status"]] = row["n"]
     return counts
 
 
@@ -735,7 +865,7 @@ def queue_reminder(db: Database, lead_id: int, email: dict, now: str) -> bool:
 
 
 @migrations()
-def m004_lead_data_goes_with_its_lead(db: Database) -> None:
+def m006_lead_data_goes_with_its_lead(db: Database) -> None:
     """Emails, their attempts and notes point at their lead with ON DELETE CASCADE (a table rebuild each)."""
     # Rows whose parent is already gone would fail the new constraint; they belong to nobody.
     db.execute("DELETE FROM email_attempts WHERE outbox_id NOT IN (SELECT id FROM outbox)")
@@ -751,7 +881,7 @@ def m004_lead_data_goes_with_its_lead(db: Database) -> None:
 
 
 @migrations()
-def m005_housekeeping(db: Database) -> None:
+def m007_housekeeping(db: Database) -> None:
     """When the daily housekeeping is next due, and a log of each backup and purge."""
     db.table("housekeeping").create(
         {"job": str, "due_at": str, "claimed_at": str, "claimed_by": str}, pk="job", not_null={"due_at"}

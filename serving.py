@@ -110,7 +110,8 @@ def finish_response(response: Response) -> Response:
     response.headers["Cache-Control"] = cache_policy(response)
     req = request._get_current_object()
     elapsed = (time.perf_counter() - req.environ.get("clinic.started", time.perf_counter())) * 1000
-    size = response.calculate_content_length()
+    # A streamed body's size is not known yet; asking for it would read the whole stream into memory.
+    size = None if response.is_streamed else response.calculate_content_length()
     log.info(
         "%s %s %s %s %.1fms %s",
         req.method,

@@ -179,8 +179,11 @@ async def fetch_forms(port: int, count: int) -> list[bytes]:
     return requests
 
 
-async def post_open_loop(port: int, requests: list[bytes], rate: float) -> tuple[list[float], list[int]]:
-    """Send each request when it is due (`rate` per second); latency counts from that moment."""
+async def post_open_loop(port: int, requests: list[bytes], rate: float, stop=None) -> tuple[list[float], list[int]]:
+    """Send each request when it is due (`rate` per second); latency counts from that moment.
+
+    With `stop`, a callable, requests due after it first returns True are not sent.
+    """
     loop = asyncio.get_running_loop()
     start = loop.time() + 0.2
     latencies: list[float] = []
@@ -189,6 +192,8 @@ async def post_open_loop(port: int, requests: list[bytes], rate: float) -> tuple
     async def one(n: int, request: bytes) -> None:
         due = start + n / rate
         await asyncio.sleep(max(0, due - loop.time()))
+        if stop and stop():
+            return
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(request)
         head = await reader.readuntil(b"\r\n\r\n")
@@ -293,13 +298,14 @@ def table(get: dict, fast: dict, slow: dict, args) -> str:
     return "\n".join(rows)
 
 
-def write_readme(text: str) -> None:
+def write_readme(text: str, start: str = START, end: str = END) -> None:
+    """Replace what README.md holds between the `start` and `end` markers with `text`."""
     readme = README.read_text()
-    if START not in readme:
-        raise SystemExit(f"README.md has no {START} ... {END} section")
-    head, rest = readme.split(START, 1)
-    _, tail = rest.split(END, 1)
-    README.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+    if start not in readme:
+        raise SystemExit(f"README.md has no {start} ... {end} section")
+    head, rest = readme.split(start, 1)
+    _, tail = rest.split(end, 1)
+    README.write_text(f"{head}{start}\n{text}\n{end}{tail}")
 
 
 def main() -> None:
