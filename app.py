@@ -30,7 +30,7 @@ import housekeeping
 import notify
 import readiness
 import serving
-from extensions import csrf, limiter
+from extensions import csrf, limiter, mail
 from forms import LeadForm, new_form_token, read_form_token, visit_fields
 
 log = logging.getLogger("clinic")
@@ -46,6 +46,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     db.init_app(app)
     csrf.init_app(app)
+    mail.init_app(app)
     limiter.init_app(app)
     app.register_blueprint(bp)
     admin.init_app(app)

@@ -4,11 +4,13 @@ import ipaddress
 
 from flask import request
 from flask_limiter import Limiter
+from flask_mail import Mail
 from flask_wtf.csrf import CSRFProtect
 
 import ratelimit  # noqa: F401  (registers the sqlite:// store with flask-limiter)
 
 csrf = CSRFProtect()
+mail = Mail()
 
 
 def client_address() -> str:

@@ -8,15 +8,15 @@ import threading
 import unicodedata
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from email import policy
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email import charset
+from email.utils import make_msgid
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import click
 from flask import Flask, current_app, render_template
 from flask.cli import AppGroup
+from flask_mail import Message
 
 import db
 import reminders
@@ -29,6 +29,11 @@ GIVE_UP_AFTER = timedelta(days=3)  # of temporary failures; the owner can still 
 STOP_WAIT_SECONDS = 5  # a worker shutting down waits this long for the sender's current attempt
 
 wake = threading.Event()
+
+# Flask-Mail registers UTF-8 with 8-bit bodies when imported, so a visitor's message written as one
+# long line would go out as one line, and SMTP servers refuse lines over 998 characters. Quoted-
+# printable bodies keep every line under 77 whatever was typed.
+charset.add_charset("utf-8", charset.SHORTEST, charset.QP, "utf-8")
 
 
 def header_safe(value: str | None) -> str:
@@ -96,23 +101,19 @@ def origin_and_path(url: str | None) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}"
 
 
-def build_message(row: dict, sender: str) -> EmailMessage:
-    """Turn an outbox row into an email with its stable Message-ID.
-
-    Bodies are quoted-printable, so no line passes 76 characters: SMTP servers refuse lines over
-    998, and a visitor's message may be one long line.
-    """
-    message = EmailMessage(policy=policy.SMTP)
-    message["From"] = sender
-    message["To"] = header_safe(row["to_addr"])
-    if header_safe(row["reply_to"]):
-        message["Reply-To"] = header_safe(row["reply_to"])
-    message["Subject"] = header_safe(row["subject"])
-    message["Date"] = format_datetime(datetime.fromisoformat(row["created_at"]))
-    message["Message-ID"] = row["message_id"]
-    message.set_content(row["body_text"], cte="quoted-printable")
-    if row["body_html"]:
-        message.add_alternative(row["body_html"], subtype="html", cte="quoted-printable")
+def build_message(row: dict, sender: str) -> Message:
+    """Turn an outbox row into a Flask-Mail message with its stable Message-ID and quoted-printable bodies."""
+    message = Message(
+        subject=header_safe(row["subject"]),
+        recipients=[header_safe(row["to_addr"])],
+        body=row["body_text"],
+        html=row["body_html"] or None,
+        sender=sender,
+        reply_to=header_safe(row["reply_to"]) or None,
+        charset="utf-8",  # even for plain ASCII, so the quoted-printable rule above applies
+        date=datetime.fromisoformat(row["created_at"]).timestamp(),
+    )
+    message.msgId = row["message_id"]
     return message
 
 
@@ -160,16 +161,16 @@ def eml_path(message_id: str, config: dict) -> Path:
     return Path(config["DATA_DIR"]) / "mail" / f"{name}.eml"
 
 
-def write_eml(message: EmailMessage, config: dict) -> str:
+def write_eml(message: Message, config: dict) -> str:
     """Keep the message as a file under data/mail/ (no mail server set); say where."""
-    path = eml_path(message["Message-ID"], config)
+    path = eml_path(message.msgId, config)
     path.parent.mkdir(exist_ok=True)
     path.write_bytes(message.as_bytes())
     return f"written to {path}"
 
 
 @contextlib.contextmanager
-def mailer(config: dict) -> Iterator[Callable[[EmailMessage], str]]:
+def mailer(config: dict) -> Iterator[Callable[[Message], str]]:
     """Yield a send function that connects when first needed and keeps the connection for the pass.
 
     A failure to connect raises MailServerUnavailable, which ends the pass.
@@ -188,7 +189,7 @@ def mailer(config: dict) -> Iterator[Callable[[EmailMessage], str]]:
                 host.close()
             host = None
 
-    def send(message: EmailMessage) -> str:
+    def send(message: Message) -> str:
         nonlocal host
         reused = host is not None
         if host is None:
@@ -197,7 +198,7 @@ def mailer(config: dict) -> Iterator[Callable[[EmailMessage], str]]:
             except Exception as error:
                 raise MailServerUnavailable(describe(error)) from error
         try:
-            host.send_message(message)
+            host.sendmail(message.sender, message.send_to, message.as_bytes())
         except smtplib.SMTPServerDisconnected:
             hang_up()
             if not reused:
@@ -245,7 +246,7 @@ def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * 2 ** max(0, attempts - 1)))
 
 
-def send_one(database, row: dict, send: Callable[[EmailMessage], str], now: datetime, config: dict) -> bool:
+def send_one(database, row: dict, send: Callable[[Message], str], now: datetime, config: dict) -> bool:
     """Try one claimed email and record the outcome; return True if it went out.
 
     MailServerUnavailable passes through unrecorded: the caller backs off every waiting email.
