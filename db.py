@@ -178,11 +178,6 @@ def init_db_command() -> None:
     click.echo(f"Database ready at {current_app.config['DATABASE']}")
 
 
-def ping(db: Database) -> None:
-    """Read from the database, raising if it cannot be read."""
-    next(db.query("SELECT 1 AS ok"))
-
-
 # Leads
 
 
