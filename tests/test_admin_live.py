@@ -2,9 +2,9 @@
 
 import os
 import re
-import time
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
