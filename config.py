@@ -201,8 +201,8 @@ def stored_secret(path: Path) -> str:
         pass
     key = secrets.token_hex(32)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    # Created 0600 by the same call that creates it, so the key is never readable by others, not even briefly.
     tmp.unlink(missing_ok=True)  # left by a process of the same id that died here
+    # Created 0600 by the same call that creates it, so the key is never readable by others, not even briefly.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(key)

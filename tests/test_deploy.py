@@ -22,7 +22,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from conftest import OWNER_PASSWORD, free_port, missing, valid_lead
+from conftest import OWNER_PASSWORD, csrf_token, form_fields, free_port, missing, valid_lead
 from dotenv import dotenv_values
 
 pytestmark = pytest.mark.slow
@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 INSTALLED_AT = "/srv/clinic-site"  # where deploy/ expects the checkout on the server
 OBSERVATORY = ROOT / "node_modules" / "@mdn" / "mdn-http-observatory" / "src" / "scan.js"
+# The test runner's own values must not leak into the site (conftest sets ENV_FILE to "").
+SETTINGS_NOT_FROM_HERE = {"SECRET_KEY", "DATA_DIR", "SITE_URL", "HTTPS", "ENV_FILE"}
 
 
 def unit_settings(name: str) -> dict[str, str]:
@@ -60,16 +62,14 @@ def site_env(tmp_path: Path, port: int, site_url: str) -> tuple[Path, dict[str, 
     return env_file, {**environ, **dotenv_values(env_file), "ENV_FILE": str(env_file)}
 
 
-# The test runner's own values must not leak into the site (conftest sets ENV_FILE to "").
-SETTINGS_NOT_FROM_HERE = {"SECRET_KEY", "DATA_DIR", "SITE_URL", "HTTPS", "ENV_FILE"}
-
-
 def start(command: list[str], env: dict, log: Path, cwd: Path = ROOT) -> subprocess.Popen:
+    """Start a server in its own process group, its output going to `log`."""
     with open(log, "wb") as out:
         return subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def stop(process: subprocess.Popen) -> None:
+    """Stop a server started by `start`, and whatever it started."""
     if process.poll() is None:
         os.killpg(process.pid, 15)
         try:
@@ -80,6 +80,7 @@ def stop(process: subprocess.Popen) -> None:
 
 
 def wait_for(check, what: str, process: subprocess.Popen, log: Path, timeout: float = 30):
+    """Call `check` until it returns something true; fail with the server's log if it dies or takes too long."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -163,6 +164,7 @@ class Site:
         return opener
 
     def flask(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+        """Run `flask --app app ARGS` as an owner would on the server, with the site's settings."""
         flask = ROOT / ".venv" / "bin" / "flask"
         return subprocess.run(
             [str(flask), "--app", "app", *args], input=stdin, env=self.env, cwd=ROOT, capture_output=True, text=True
@@ -205,17 +207,14 @@ def site(tmp_path):
 
 
 def get(client, url: str, **headers):
+    """GET `url` with `client`, adding `headers`."""
     return client.open(urllib.request.Request(url, headers=headers), timeout=10)
-
-
-def form_values(html: str) -> dict:
-    return dict(re.findall(r'<input id="\w+" name="(\w+)" type="hidden" value="([^"]*)"', html))
 
 
 def send_lead(site: Site, client, **headers):
     """Load / and send the form as a browser would (Referer included); return the final response."""
     page = get(client, site.url + "/", **{"Accept-Encoding": "identity"})
-    data = urllib.parse.urlencode({**form_values(page.read().decode()), **valid_lead()}).encode()
+    data = urllib.parse.urlencode({**form_fields(page.read().decode()), **valid_lead()}).encode()
     request = urllib.request.Request(site.url + "/contact", data=data, headers={"Referer": site.url + "/", **headers})
     try:
         return client.open(request, timeout=10)
@@ -259,14 +258,14 @@ def test_a_visitor_and_the_owner_over_https_through_caddy(site):
     assert f"{site.url}/admin/login" in made.stdout
     owner = site.client()
     login = get(owner, site.url + "/admin/login").read().decode()
-    token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', login)[1]
+    token = csrf_token(login)
     data = urllib.parse.urlencode({"username": "owner", "password": OWNER_PASSWORD, "csrf_token": token}).encode()
     referer = {"Referer": site.url + "/admin/login"}
     inbox = owner.open(urllib.request.Request(site.url + "/admin/login", data=data, headers=referer), timeout=10)
     assert inbox.url == site.url + "/admin"
     html = inbox.read().decode()
     assert "Jane Doe" in html
-    token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html)[1]
+    token = csrf_token(html)
     data = urllib.parse.urlencode({"csrf_token": token}).encode()
     out = owner.open(urllib.request.Request(site.url + "/admin/logout", data=data, headers=referer), timeout=10)
     assert out.url.startswith(site.url + "/admin/login")
