@@ -13,10 +13,9 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import phonenumbers
-from flask import Blueprint, Flask, current_app, g
+from flask import Blueprint, Flask, current_app, g, request
 
 import db
-from extensions import client_address
 
 log = logging.getLogger("clinic.admin")
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -77,7 +76,7 @@ def phone_display(number: str | None) -> str:
 def audit(action: str, lead_id: int | None = None, detail: str = "", actor: str | None = None) -> None:
     """Append to the audit log as the signed-in account, from this request's address."""
     who = actor or (g.account["username"] if g.get("account") else "(nobody)")
-    db.audit(db.get_db(), who, action, db.utcnow(), lead_id=lead_id, detail=detail, address=client_address())
+    db.audit(db.get_db(), who, action, db.utcnow(), lead_id=lead_id, detail=detail, address=request.remote_addr or "")
 
 
 # The sections add their views to `bp` when imported, so they come after it.

@@ -187,7 +187,7 @@ def login():
                 db.clear_login_failures(database, f"account:{username}")
             return start_session(account, target, now)
         audit("sign-in failed", actor=username if account else "(unknown name)")
-        log.warning("failed admin sign-in from %s", client_address())
+        log.warning("failed admin sign-in from %s", request.remote_addr)
         message, status = "That username and password do not match. Please try again.", 401
     return render_template("admin/login.html", form=form, message=message, target=target), status
 
@@ -198,7 +198,7 @@ def start_session(account: dict, target: str, now: datetime):
     session.clear()
     sid = secrets.token_urlsafe(32)
     browser = browser_name(request.user_agent.string)
-    db.start_session(database, session_hash(sid), account["id"], client_address(), browser, stamp(now))
+    db.start_session(database, session_hash(sid), account["id"], request.remote_addr or "", browser, stamp(now))
     db.end_expired_sessions(database, *session_limits(now))
     session["admin_sid"] = sid
     g.account = account
