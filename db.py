@@ -628,7 +628,8 @@ def _inbox_where(db: Database, status: str | None, q: str, since: str | None, un
     clauses, params = _lead_filter(q, since, until)
     params["status"] = status
     if "fts" in params:
-        matches = next(db.query(f"SELECT count(*) AS n FROM ({_fts_matches(status)})", params))["n"]
+        few = f"SELECT count(*) AS n FROM ({_fts_matches(status)} LIMIT {FTS_FEW_MATCHES + 1})"  # stops counting there
+        matches = next(db.query(few, params))["n"]
         # Few matches: look each up and sort them. Many: walk the (status,) created_at index from the
         # newest and keep the matches, which finds a page without reading them all (+ forbids the lookup).
         lookup = "" if matches <= FTS_FEW_MATCHES else "+"
@@ -691,14 +692,28 @@ def count_by_status(db: Database, q: str = "", since: str | None = None, until: 
     return counts
 
 
-def lead_times_since(db: Database, since: str) -> list[dict]:
-    """Arrival time and source of every lead that is not spam since `since`, for the charts."""
-    return list(
-        db.query(
-            "SELECT created_at, utm_source FROM leads WHERE created_at >= ? AND status != 'spam' ORDER BY created_at",
-            [since],
-        )
+def leads_per_period(db: Database, bounds: list[str]) -> list[int]:
+    """How many leads that are not spam arrived between each two consecutive times of `bounds`, for the chart."""
+    # Ranges of the (status, created_at) index, one per status and period: no lead is read.
+    statuses = ", ".join(f"'{status}'" for status in LEAD_STATUSES if status != "spam")
+    periods = ", ".join("(?, ?, ?)" for _ in bounds[1:])
+    sql = f"""
+        WITH periods (i, start, stop) AS (VALUES {periods})
+        SELECT i, (
+            SELECT count(*) FROM leads WHERE status IN ({statuses}) AND created_at >= start AND created_at < stop
+        ) AS n FROM periods
+    """
+    params = [value for i in range(len(bounds) - 1) for value in (i, bounds[i], bounds[i + 1])]
+    return [row["n"] for row in sorted(db.query(sql, params), key=lambda row: row["i"])]
+
+
+def lead_sources_since(db: Database, since: str) -> dict[str, int]:
+    """How many leads that are not spam arrived since `since` from each `utm_source`, for the chart."""
+    rows = db.query(
+        "SELECT utm_source, count(*) AS n FROM leads WHERE created_at >= ? AND status != 'spam' GROUP BY utm_source",
+        [since],
     )
+    return {row["utm_source"]: row["n"] for row in rows}
 
 
 # Admin: one lead

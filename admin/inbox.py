@@ -63,9 +63,12 @@ def dashboard(now: datetime) -> dict:
     zone = clinic_zone()
     today = now.astimezone(zone).date()
     first = today - timedelta(days=29)
-    rows = db.lead_times_since(db.get_db(), stamp(datetime.combine(first, time.min, zone)))
-    per_day = Counter(datetime.fromisoformat(r["created_at"]).astimezone(zone).date() for r in rows)
-    sources = Counter((r["utm_source"] or "").strip()[:16] or "(direct)" for r in rows)
+    bounds = [stamp(datetime.combine(first + timedelta(days=i), time.min, zone)) for i in range(31)]
+    counts = db.leads_per_period(db.get_db(), bounds)
+    per_day = dict(zip((first + timedelta(days=i) for i in range(30)), counts, strict=True))
+    sources = Counter()
+    for source, n in db.lead_sources_since(db.get_db(), bounds[0]).items():
+        sources[(source or "").strip()[:16] or "(direct)"] += n
     peak = max([*per_day.values(), 1])
     days = []
     for i in range(30):
@@ -82,7 +85,7 @@ def dashboard(now: datetime) -> dict:
     bars = [
         {"name": name, "count": n, "width": round(n / widest * 150, 1), "y": i * 22} for i, (name, n) in enumerate(top)
     ]
-    return {"days": days, "peak": peak, "total": len(rows), "first": first, "today": today, "sources": bars}
+    return {"days": days, "peak": peak, "total": sum(per_day.values()), "first": first, "today": today, "sources": bars}
 
 
 def periods(now: datetime) -> list[tuple[str, str, str]]:

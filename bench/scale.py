@@ -366,12 +366,13 @@ def table(results: list[dict]) -> str:
     ]
     for r in results:
         csv, purged = r["csv"], r["purge"]
+        beside = f"{csv['beside_p50']:.0f} / {csv['beside_max']:.0f} ms" if csv["beside_max"] else "(too short)"
         rows.append(
             f"| {r['leads']:,} | {r['inbox']:.0f} ms | {r['status']:.0f} ms | {r['search_name']:.0f} ms "
             f"| {r['search_word']:.0f} ms | {r['search_miss']:.0f} ms | {r['lead']:.0f} ms "
             f"| {csv['rows']:,} rows, {csv['mb']:.0f} MB in {csv['seconds']:.1f} s: "
             f"**{csv['rows_per_s']:,.0f} rows/s** "
-            f"| +{csv['peak_up_mb']:.1f} MB | {csv['beside_p50']:.0f} / {csv['beside_max']:.0f} ms "
+            f"| +{csv['peak_up_mb']:.1f} MB | {beside} "
             f"| {purged['deleted']:,} of {purged['expected']:,} in {purged['seconds']:.1f} s "
             f"| **{purged['max_ms']:,.0f} ms** (p50 {purged['p50_ms']:.0f} ms), {purged['posts']} posts, "
             f"{purged['failed']} failed |"

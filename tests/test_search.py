@@ -184,6 +184,9 @@ def plans(database, call) -> list[str]:
         lambda d: db.search_leads(d, "new", since="2026-01-01", limit=25),
         lambda d: db.search_leads(d, q="migraine", limit=25),
         lambda d: db.search_leads(d, "spam", q="migraine", since="2026-01-01", limit=25),
+        lambda d: db.iter_leads_for_export(d, q="migraine"),
+        lambda d: db.leads_per_period(d, ["2026-01-01", "2026-01-02", "2026-01-03"]),
+        lambda d: db.lead_sources_since(d, "2026-01-01").items(),
     ],
 )
 def test_inbox_queries_read_through_indexes_not_every_lead(app, call):
