@@ -284,7 +284,7 @@ def purge(server: Server, env: dict, database: Path) -> dict:
         "SELECT count(*) FROM leads WHERE created_at < ?", [(datetime.now(UTC) - timedelta(days=2555)).isoformat()]
     )
     expected = old.fetchone()[0]
-    requests = asyncio.run(forms(server.port, POST_RATE * (20 + expected // 3000)))  # outlasts the purge here
+    requests = asyncio.run(forms(server.port, POST_RATE * (20 + expected // 1500)))  # enough for a paced purge
     started = time.monotonic()
     process = subprocess.Popen(
         [FLASK, "--app", "app", "purge-leads", "--older-than", "2555"],
@@ -327,7 +327,12 @@ def measure(count: int) -> dict:
         "SPAM_MIN_SECONDS": "0",
         "CONTACT_RATE_LIMIT": "1000000 per minute",
         "REMINDER_AFTER_HOURS": "0",
+        "LEAD_RETENTION_DAYS": "0",  # the server's own daily purge, where there is one, stays off: we time ours
     }
+    with sqlite3.connect(database) as conn:  # and its daily backup is not due while we measure
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'housekeeping'").fetchone():
+            conn.execute("UPDATE housekeeping SET due_at = '9999-12-31'")
+    conn.close()
     server = Server("app:create_app()", env)
     try:
         opener = sign_in(server, env)
@@ -375,7 +380,7 @@ def table(results: list[dict]) -> str:
             f"| +{csv['peak_up_mb']:.1f} MB | {beside} "
             f"| {purged['deleted']:,} of {purged['expected']:,} in {purged['seconds']:.1f} s "
             f"| **{purged['max_ms']:,.0f} ms** (p50 {purged['p50_ms']:.0f} ms), {purged['posts']} posts, "
-            f"{purged['failed']} failed |"
+            f"{purged['failed']} failed{' (the purge outlasted them)' if purged['outlasted'] else ''} |"
         )
     rows.append(
         "| target at 1M | < 50 ms | < 50 ms | < 50 ms | < 50 ms | < 50 ms | | > 50,000 rows/s | < +20 MB | "
