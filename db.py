@@ -331,6 +331,14 @@ def m003_admin_session_browser(db: Database) -> None:
     db.table("admin_sessions").add_column("browser", str)
 
 
+@migrations()
+def m004_lead_landing_page(db: Database) -> None:
+    """The page each lead was sent from (`/` or `/articles/<slug>`); every earlier lead came from `/`."""
+    db.table("leads").add_column("landing_page", str)
+    db.execute("UPDATE leads SET landing_page = '/'")
+    db.table("leads").create_index(["landing_page", "created_at"])
+
+
 def get_account(db: Database, username: str) -> dict | None:
     """Return the account with this username, or None."""
     rows = list(db.query("SELECT * FROM accounts WHERE username = ?", [username]))
@@ -489,8 +497,8 @@ def like_pattern(text: str) -> str:
     return f"%{escaped}%"
 
 
-def _lead_filter(q: str, since: str | None, until: str | None) -> tuple[str, dict]:
-    """The WHERE clause (without status) for a search text and a time range."""
+def _lead_filter(q: str, since: str | None, until: str | None, landing_page: str | None = None) -> tuple[str, dict]:
+    """The WHERE clause (without status) for a search text, a time range and the page leads were sent from."""
     clauses, params = ["1 = 1"], {}
     if q:
         params["q"] = like_pattern(q)
@@ -507,6 +515,9 @@ def _lead_filter(q: str, since: str | None, until: str | None) -> tuple[str, dic
     if until:
         clauses.append("created_at < :until")
         params["until"] = until
+    if landing_page:
+        clauses.append("landing_page = :landing_page")
+        params["landing_page"] = landing_page
     return " AND ".join(clauses), params
 
 
@@ -522,9 +533,10 @@ def search_leads(
     until: str | None = None,
     limit: int | None = None,
     offset: int = 0,
+    landing_page: str | None = None,
 ) -> Iterator[dict]:
     """Leads matching the inbox filter, newest first, with their email's status; spam only when `status` is 'spam'."""
-    where, params = _lead_filter(q, since, until)
+    where, params = _lead_filter(q, since, until, landing_page)
     params["status"] = status
     email_status = "(SELECT status FROM outbox WHERE lead_id = leads.id AND kind = 'lead' ORDER BY id DESC LIMIT 1)"
     sql = (
@@ -537,9 +549,11 @@ def search_leads(
     return db.query(sql, params)
 
 
-def count_by_status(db: Database, q: str = "", since: str | None = None, until: str | None = None) -> dict[str, int]:
+def count_by_status(
+    db: Database, q: str = "", since: str | None = None, until: str | None = None, landing_page: str | None = None
+) -> dict[str, int]:
     """How many leads match the search in each status."""
-    where, params = _lead_filter(q, since, until)
+    where, params = _lead_filter(q, since, until, landing_page)
     counts = dict.fromkeys(LEAD_STATUSES, 0)
     for row in db.query(f"SELECT status, count(*) AS n FROM leads WHERE {where} GROUP BY status", params):
         counts[row["status"]] = row["n"]
