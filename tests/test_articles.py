@@ -1,16 +1,16 @@
 """Articles as Markdown: the seed unchanged at /, more articles as landing pages, attribution, clear errors."""
 
+import gzip
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import OWNER_PASSWORD, add_lead, drain, form_fields, post_lead, rows, sign_in, valid_lead
+from conftest import OWNER_PASSWORD, add_lead, drain, form_fields, post_lead, rows, sign_in, two_articles, valid_lead
 
 import articles
 from app import create_app
@@ -18,20 +18,6 @@ from app import create_app
 ROOT = Path(__file__).resolve().parent.parent
 SEED = ROOT / "content" / "acupuncture-and-immune-system-modulation.md"
 SLEEP = "/articles/acupuncture-for-sleep"
-SLEEP_FILE = """---
-title: Acupuncture for better sleep
-description: How acupuncture may help you fall asleep and sleep through. Book a visit at {{ clinic.name }}.
-slug: acupuncture-for-sleep       # the address: /articles/acupuncture-for-sleep
-published: 2026-12-01
-updated: 2026-12-08
----
-
-Sleep is when the body repairs itself.
-
-## How acupuncture may help
-
-To book, [fill out this form](#book) or call [{{ clinic.phone_display }}](tel:{{ clinic.phone }}).
-"""
 
 
 class Outline(HTMLParser):
@@ -95,12 +81,8 @@ def json_ld(html: str) -> dict:
 
 @pytest.fixture
 def content(tmp_path) -> Path:
-    """A content folder with the real seed and a second article."""
-    folder = tmp_path / "content"
-    folder.mkdir()
-    shutil.copy(SEED, folder)
-    (folder / "acupuncture-for-sleep.md").write_text(SLEEP_FILE)
-    return folder
+    """A content folder with the real seed and a second article (tests/content/acupuncture-for-sleep.md)."""
+    return Path(two_articles(tmp_path / "content"))
 
 
 @pytest.fixture
@@ -262,7 +244,7 @@ def test_a_refused_form_is_shown_again_on_the_article_it_was_sent_from(site):
 
 def test_html_in_markdown_is_shown_as_text(settings, content):
     (content / "acupuncture-for-sleep.md").write_text(
-        SLEEP_FILE
+        (content / "acupuncture-for-sleep.md").read_text()
         + '\n<script>alert("block")</script>\n\nInline <img src=x onerror=alert(1)> and <b>bold</b>.\n'
         + "\n[click](javascript:alert(1))\n"
     )
@@ -366,3 +348,17 @@ def test_existing_leads_came_from_home(settings):
     assert rows(app, "SELECT name, landing_page FROM leads") == [{"name": "Old", "landing_page": "/"}]
     add_lead(app, name="New", landing_page=SLEEP)
     assert rows(app, "SELECT landing_page FROM leads WHERE name = 'New'") == [{"landing_page": SLEEP}]
+
+
+def test_every_article_page_is_small_and_keeps_the_strict_csp(site):
+    """Within the first TCP window once compressed (14 KB, headers included), with no inline script or style."""
+    client = site.test_client()
+    for article in site.extensions["articles"]:
+        response = client.get(article["path"])
+        html = response.get_data(as_text=True)
+        headers = sum(len(name) + len(value) + 4 for name, value in response.headers.items())
+        assert len(gzip.compress(response.get_data())) + headers < 14 * 1024, article["path"]
+        assert "<style" not in html and " style=" not in html
+        scripts = re.findall(r"<script([^>]*)>", html)
+        assert all(" src=" in attrs or attrs == ' type="application/ld+json"' for attrs in scripts)
+        assert response.headers["Content-Security-Policy"].startswith("default-src 'self'")
