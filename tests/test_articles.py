@@ -211,7 +211,7 @@ def test_a_lead_from_the_second_article_names_it_in_the_inbox_the_csv_and_the_em
     assert header.endswith(",landing page") and line.endswith(f",{SLEEP}") and "Sleepy Sam" in line
     lead_id = rows(app, "SELECT id FROM leads WHERE name = 'Sleepy Sam'")[0]["id"]
     detail = client.get(f"/admin/leads/{lead_id}").get_data(as_text=True)
-    assert f'<dt>Sent from</dt><dd><a href="{SLEEP}">Acupuncture for better sleep</a></dd>' in detail
+    assert f'<dt>Sent from</dt><dd>Acupuncture for better sleep (<a href="{SLEEP}">{SLEEP}</a>)</dd>' in detail
 
 
 def test_only_a_real_article_page_is_believed(site):
