@@ -27,10 +27,11 @@ def site(tmp_path_factory):
     data = tmp_path_factory.mktemp("a11y")
     env = {
         "DATA_DIR": str(data),
+        "CONTENT_DIR": two_articles(data / "content"),  # a second article, at /articles/acupuncture-for-sleep
         "SECRET_KEY": "a11y",
         "SPAM_MIN_SECONDS": "0",
         "CONTACT_RATE_LIMIT": "1000 per minute",
-        "CONTENT_DIR": two_articles(data / "content"),
+        "LOGIN_RATE_LIMIT": "1000 per minute",  # every page and device signs in from this one address
     }
     server = LiveServer(env)
     flask = Path(sys.executable).with_name("flask")
