@@ -332,7 +332,7 @@ def m003_admin_session_browser(db: Database) -> None:
 
 
 @migrations()
-def m006_lead_landing_page(db: Database) -> None:
+def m008_lead_landing_page(db: Database) -> None:
     """The page each lead was sent from (`/` or `/articles/<slug>`); every earlier lead came from `/`."""
     db.table("leads").add_column("landing_page", str)
     db.execute("UPDATE leads SET landing_page = '/'")

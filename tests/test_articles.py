@@ -341,7 +341,7 @@ def test_existing_leads_came_from_home(settings):
     import db
 
     old = db.connect(str(Path(settings["DATA_DIR"]) / "leads.db"))
-    db.migrations.apply(old, stop_before="m006_lead_landing_page")  # the database as it was before articles
+    db.migrations.apply(old, stop_before="m008_lead_landing_page")  # the database as it was before articles
     old.table("leads").insert({"form_id": "f1", "created_at": "x", "updated_at": "x", "name": "Old", "status": "new"})
     old.close()
     app = create_app(settings)
