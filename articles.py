@@ -8,6 +8,7 @@ Raw HTML in the Markdown is shown as text, never passed to the page.
 """
 
 import re
+from collections.abc import Mapping
 from datetime import date, datetime
 from pathlib import Path
 
@@ -150,16 +151,20 @@ def load(folder: Path, clinic: dict[str, str], static_folder: Path) -> list[dict
     return found
 
 
-def content_folder(app: Flask) -> Path:
+def content_folder(settings: Mapping) -> Path:
     """CONTENT_DIR, a relative path being read from the site's folder, not the current one."""
-    return Path(app.root_path) / app.config["CONTENT_DIR"]
+    return config.ROOT / settings["CONTENT_DIR"]
+
+
+def load_for(settings: Mapping) -> list[dict]:
+    """The articles in the settings' CONTENT_DIR, filled in with the settings' clinic; ContentError if one is broken."""
+    clinic = {name: settings[f"CLINIC_{name.upper()}"] for name in CLINIC_FIELDS}
+    return load(content_folder(settings), clinic, config.ROOT / "static")
 
 
 def init_app(app: Flask) -> None:
     """Read the articles (start-up stops if one cannot be served) and register `flask articles`."""
-    cfg = app.config
-    clinic = {name: cfg[f"CLINIC_{name.upper()}"] for name in CLINIC_FIELDS}
-    app.extensions["articles"] = load(content_folder(app), clinic, Path(app.static_folder))
+    app.extensions["articles"] = load_for(app.config)
     app.cli.add_command(articles_command)
 
 
@@ -190,4 +195,4 @@ def articles_command() -> None:
     site = current_app.config["SITE_URL"]
     for article in all_articles():
         click.echo(f"{article['slug']}\t{article['title']}\t{site}{article['path']}\t{article['published']}")
-    click.echo(f"{len(all_articles())} article(s) in {content_folder(current_app)}, all ready to serve.")
+    click.echo(f"{len(all_articles())} article(s) in {content_folder(current_app.config)}, all ready to serve.")

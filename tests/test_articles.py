@@ -4,13 +4,25 @@ import gzip
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import OWNER_PASSWORD, add_lead, drain, form_fields, post_lead, rows, sign_in, two_articles, valid_lead
+from conftest import (
+    OWNER_PASSWORD,
+    add_lead,
+    drain,
+    form_fields,
+    free_port,
+    post_lead,
+    rows,
+    sign_in,
+    two_articles,
+    valid_lead,
+)
 
 import articles
 from app import create_app
@@ -362,3 +374,22 @@ def test_every_article_page_is_small_and_keeps_the_strict_csp(site):
         scripts = re.findall(r"<script([^>]*)>", html)
         assert all(" src=" in attrs or attrs == ' type="application/ld+json"' for attrs in scripts)
         assert response.headers["Content-Security-Policy"].startswith("default-src 'self'")
+
+
+def test_broken_content_stops_gunicorn_with_the_message(tmp_path, content):
+    """The master reads the articles before it starts workers, so it stops instead of restarting them."""
+    (content / "broken.md").write_text(article_file(slug=None))
+    env = {**os.environ, "DATA_DIR": str(tmp_path / "data"), "SECRET_KEY": "test", "CONTENT_DIR": str(content)}
+    env.update(PORT=str(free_port()), WEB_CONCURRENCY="1")
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    command = [str(gunicorn), "-c", "gunicorn.conf.py", "app:create_app()"]
+    server = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:  # it started after all: stop it and its workers
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+    assert server.returncode != 0
+    assert f"{content / 'broken.md'}: missing slug" in stderr
+    assert "Booting worker" not in stderr
