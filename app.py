@@ -4,6 +4,7 @@ import logging
 import sqlite3
 import time
 from datetime import datetime
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from flask import (
@@ -22,7 +23,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.serving import is_running_from_reloader
 
 import admin
-import article
+import articles
 import backups
 import config
 import db
@@ -44,6 +45,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     settings.update(overrides or {})
     app.config.update(config.finish(settings))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    articles.init_app(app)
     db.init_app(app)
     csrf.init_app(app)
     mail.init_app(app)
@@ -91,10 +93,9 @@ def create_dev_app() -> Flask:
 
 
 def register_templates(app: Flask) -> None:
-    """Give every template the clinic, the article, hashed static URLs and local times."""
+    """Give every template the clinic, the articles (`article` is the home one), hashed static URLs and local times."""
     cfg = app.config
     zone = ZoneInfo(cfg["CLINIC_TIMEZONE"])
-    text = article.load()
     app.jinja_env.add_extension("jinja2.ext.do")
     app.jinja_env.trim_blocks = app.jinja_env.lstrip_blocks = True
     app.jinja_env.globals.update(
@@ -108,8 +109,8 @@ def register_templates(app: Flask) -> None:
             "retention_days": cfg["LEAD_RETENTION_DAYS"],
             "site_url": cfg["SITE_URL"],
         },
-        article_title=text["title"],
-        article_html=article.to_html(text, cfg["CLINIC_PHONE"], cfg["CLINIC_PHONE_DISPLAY"]),
+        articles=app.extensions["articles"],
+        article=app.extensions["articles"][0],
         static_url=static_url,
     )
     app.jinja_env.filters["clinic_time"] = lambda iso: format_local(iso, zone)
@@ -167,11 +168,28 @@ def register_error_pages(app: Flask) -> None:
         return render_error(500)
 
 
+def landing_page(article: dict) -> str:
+    """An article with the appointment form at its end, as a new visitor sees it."""
+    args = request.args if request.query_string else {}
+    return serving.render_form_page("landing.html", LeadForm, visit_fields(args, request.referrer), article=article)
+
+
 @bp.get("/")
 def landing():
-    """The article with the appointment form at its end."""
-    args = request.args if request.query_string else {}
-    return serving.render_form_page("landing.html", LeadForm, visit_fields(args, request.referrer))
+    """The home article with the appointment form at its end."""
+    return landing_page(articles.home())
+
+
+@bp.get("/articles/<slug>")
+def article_page(slug: str):
+    """Any article with the appointment form at its end; the home article lives at /."""
+    article = articles.by_slug(slug)
+    if article is None:
+        abort(404)
+    if article["home"]:
+        query = request.query_string.decode("latin-1")
+        return redirect(url_for(".landing") + (f"?{query}" if query else ""), 301)
+    return landing_page(article)
 
 
 @bp.get("/contact")
@@ -192,6 +210,24 @@ def spam_reasons(form: LeadForm, shown_at: float | None) -> list[str]:
     return reasons
 
 
+def sent_from(field: str | None, referrer: str | None) -> str | None:
+    """The page a form was sent from: its hidden field, else the Referer's path, if either is an article's page.
+
+    Both come from the visitor, so only the path of a page that exists is believed: a made-up value
+    can at most name another real article, never put text of its own into the inbox or an email.
+    A form from a page older than the field carries none; the Referer still says where it was.
+    """
+    try:
+        referrer_path = urlsplit(referrer or "").path
+    except ValueError:  # not a URL at all
+        referrer_path = None
+    for path in (field, referrer_path):
+        article = articles.by_path(path)
+        if article is not None:
+            return article["path"]
+    return None
+
+
 @bp.post("/contact")
 @limiter.limit(lambda: current_app.config["CONTACT_RATE_LIMIT"])
 @csrf.exempt  # LeadForm checks the token itself, so a stale one re-renders the form
@@ -200,11 +236,13 @@ def contact():
     serving.keep_private()  # the answer shows, or carries in its cookie, what the visitor typed
     form = LeadForm()
     token = read_form_token(form.form_token.data)
+    landing_path = sent_from(form.landing_page.data, request.referrer)
     if not form.validate():
         if token is None:
             form.form_token.data = new_form_token()
         status = 400 if form.csrf_failed else 422
-        return render_template("landing.html", form=form, stale=form.csrf_failed), status
+        article = articles.by_path(landing_path) or articles.home()
+        return render_template("landing.html", form=form, stale=form.csrf_failed, article=article), status
     reasons = spam_reasons(form, token[1] if token else None)
     lead = {
         "form_id": token[0] if token else new_form_token(),
@@ -219,6 +257,7 @@ def contact():
         "utm_medium": form.utm_medium.data,
         "utm_campaign": form.utm_campaign.data,
         "referrer": form.referrer.data,
+        "landing_page": landing_path,
         "user_agent": request.user_agent.string[:300],
     }
     now = db.utcnow()

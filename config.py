@@ -19,6 +19,7 @@ SETTINGS: dict[str, tuple[object, type]] = {
     "DATABASE_PATH": (None, str),
     "DATABASE": (None, str),  # the older name of DATABASE_PATH
     "SITE_URL": ("http://127.0.0.1:8000", str),
+    "CONTENT_DIR": (str(ROOT / "content"), str),
     "CLINIC_NAME": ("Acupuncture Halls", str),
     "CLINIC_PHONE": ("+19495106333", str),
     "CLINIC_PHONE_DISPLAY": ("949-510-6333", str),

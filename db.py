@@ -589,8 +589,10 @@ def fts_query(q: str) -> str:
     return query
 
 
-def _lead_filter(q: str, since: str | None, until: str | None) -> tuple[list[str], dict]:
-    """WHERE clauses (without status or full-text match) and parameters for a search text and a time range.
+def _lead_filter(
+    q: str, since: str | None, until: str | None, landing_page: str | None = None
+) -> tuple[list[str], dict]:
+    """WHERE clauses (without status or full-text match) for a search text, a time range and the page leads came from.
 
     The FTS5 query, if the text has a letter or digit, is returned as params["fts"].
     """
@@ -607,6 +609,9 @@ def _lead_filter(q: str, since: str | None, until: str | None) -> tuple[list[str
     if until:
         clauses.append("created_at < :until")
         params["until"] = until
+    if landing_page:
+        clauses.append("landing_page = :landing_page")
+        params["landing_page"] = landing_page
     return clauses, params
 
 
@@ -623,9 +628,11 @@ def _fts_matches(status: str | None) -> str:
     return f"SELECT rowid >> 3 FROM leads_fts WHERE leads_fts MATCH :fts AND rowid & 7 {code}"
 
 
-def _inbox_where(db: Database, status: str | None, q: str, since: str | None, until: str | None) -> tuple[str, dict]:
+def _inbox_where(
+    db: Database, status: str | None, q: str, since: str | None, until: str | None, landing_page: str | None = None
+) -> tuple[str, dict]:
     """The WHERE clause and parameters of the inbox filter; spam only when `status` is 'spam'."""
-    clauses, params = _lead_filter(q, since, until)
+    clauses, params = _lead_filter(q, since, until, landing_page)
     params["status"] = status
     if "fts" in params:
         few = f"SELECT count(*) AS n FROM ({_fts_matches(status)} LIMIT {FTS_FEW_MATCHES + 1})"  # stops counting there
@@ -646,9 +653,10 @@ def search_leads(
     until: str | None = None,
     limit: int | None = None,
     offset: int = 0,
+    landing_page: str | None = None,
 ) -> Iterator[dict]:
     """Leads matching the inbox filter, newest first, with their email's status; spam only when `status` is 'spam'."""
-    where, params = _inbox_where(db, status, q, since, until)
+    where, params = _inbox_where(db, status, q, since, until, landing_page)
     email_status = "(SELECT status FROM outbox WHERE lead_id = leads.id AND kind = 'lead' ORDER BY id DESC LIMIT 1)"
     sql = f"SELECT *, {email_status} AS email_status FROM leads WHERE {where} ORDER BY created_at DESC, id DESC"
     if limit is not None:
@@ -658,17 +666,24 @@ def search_leads(
 
 
 def iter_leads_for_export(
-    db: Database, status: str | None = None, q: str = "", since: str | None = None, until: str | None = None
+    db: Database,
+    status: str | None = None,
+    q: str = "",
+    since: str | None = None,
+    until: str | None = None,
+    landing_page: str | None = None,
 ) -> Iterator[dict]:
     """Every lead matching the inbox filter, newest first, read one at a time as the caller goes."""
-    where, params = _inbox_where(db, status, q, since, until)
+    where, params = _inbox_where(db, status, q, since, until, landing_page)
     return db.query(f"SELECT * FROM leads WHERE {where} ORDER BY created_at DESC, id DESC", params)
 
 
-def count_by_status(db: Database, q: str = "", since: str | None = None, until: str | None = None) -> dict[str, int]:
+def count_by_status(
+    db: Database, q: str = "", since: str | None = None, until: str | None = None, landing_page: str | None = None
+) -> dict[str, int]:
     """How many leads match the search in each status."""
     counts = dict.fromkeys(LEAD_STATUSES, 0)
-    clauses, params = _lead_filter(q, since, until)
+    clauses, params = _lead_filter(q, since, until, landing_page)
     statuses = "status IN (" + ", ".join(f"'{status}'" for status in LEAD_STATUSES) + ")"
     if not q and not clauses:
         rows = db.query("SELECT status, n FROM lead_counts")
@@ -914,6 +929,14 @@ def m007_housekeeping(db: Database) -> None:
         not_null={"job", "started_at", "finished_at", "ok"},
     )
     db.table("housekeeping_log").create_index(["job", "id"])
+
+
+@migrations()
+def m008_lead_landing_page(db: Database) -> None:
+    """The page each lead was sent from (`/` or `/articles/<slug>`); every earlier lead came from `/`."""
+    db.table("leads").add_column("landing_page", str)
+    db.execute("UPDATE leads SET landing_page = '/'")
+    db.table("leads").create_index(["landing_page", "created_at"])
 
 
 def claim_housekeeping(db: Database, job: str, now: str, next_due_at: str, who: str) -> bool:

@@ -108,6 +108,7 @@ class LeadForm(FlaskForm):
     utm_medium = HiddenField(filters=[clip(200)])
     utm_campaign = HiddenField(filters=[clip(200)])
     referrer = HiddenField(filters=[clip(500)])
+    landing_page = HiddenField(filters=[clip(200)])  # the article page the form is on
 
     def validate_name(self, field: StringField) -> None:
         """Refuse a name with a line break inside (no browser sends one; the email's subject carries the name)."""

@@ -25,6 +25,15 @@ limit_request_field_size = 8190
 client_timeout = float(os.environ.get("CLIENT_TIMEOUT", "10"))
 
 
+def on_starting(server):
+    """Read the settings and the articles in the master before any worker starts, so a mistake in either
+    stops gunicorn with its message (a worker that fails to load the app would be restarted over and over)."""
+    import articles
+    import config
+
+    articles.load_for(config.from_env())
+
+
 def when_ready(server):
     """Give every accepted connection read and write timeouts (accepted sockets inherit them)."""
     seconds, micros = int(client_timeout), int((client_timeout % 1) * 1_000_000)

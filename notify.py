@@ -18,6 +18,7 @@ from flask import Flask, current_app, render_template
 from flask.cli import AppGroup
 from flask_mail import Message
 
+import articles
 import db
 import reminders
 
@@ -52,6 +53,8 @@ def lead_email(lead: dict, config: dict) -> dict:
         "link": link,
         "details": config["NOTIFY_DETAILS"],
         "referrer": origin_and_path(lead.get("referrer")),
+        "article": articles.by_path(lead.get("landing_page")),
+        "site_url": config["SITE_URL"],
     }
     if config["NOTIFY_DETAILS"]:
         subject = f"New appointment request: {lead['name']}"

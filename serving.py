@@ -214,8 +214,8 @@ def new_form(form_class, values: dict):
     return form
 
 
-def render_form_page(template: str, form_class, values: dict) -> str:
-    """Render `template` with a fresh form, from a copy made once per process.
+def render_form_page(template: str, form_class, values: dict, **context) -> str:
+    """Render `template` with a fresh form and `context`, from a copy made once per process and path.
 
     Everything on such a page is the same for every visitor except the form's hidden fields (the
     CSRF and form tokens, where the visitor came from), so the page is rendered once with markers
@@ -223,11 +223,11 @@ def render_form_page(template: str, form_class, values: dict) -> str:
     auto-reload (debug) take the normal path.
     """
     if current_app.jinja_env.auto_reload or "_flashes" in session:
-        return render_template(template, form=new_form(form_class, values))
+        return render_template(template, form=new_form(form_class, values), **context)
     pages = current_app.extensions.setdefault("form_pages", {})
-    page = pages.get(template)
+    page = pages.get(request.path)
     if page is None:
-        page = pages[template] = page_with_slots(template, new_form(form_class, values), values)
+        page = pages[request.path] = page_with_slots(template, new_form(form_class, values), values, **context)
     csrf_names, parts = page
     return fill_page(page, values, generate_csrf() if csrf_names else "")
 
@@ -241,10 +241,11 @@ def fill_page(page: tuple[list[str], list[str]], values: dict, csrf_token: str) 
 
 
 def first_visit_landing(app: Flask, wsgi_app):
-    """Answer GET / for a visitor with no session cookie without going through Flask's dispatch.
+    """Answer GET of a landing page (`/`, an article) for a visitor with no session cookie, below Flask's dispatch.
 
-    This is where a burst of ad visitors lands, and Flask's per-request machinery (contexts, hooks,
-    limiter, response object) costs more than the page itself. The answer is what the landing view
+    A landing page is a path whose page render_form_page has cached. This is where a burst of ad
+    visitors lands, and Flask's per-request machinery (contexts, hooks, limiter, response object)
+    costs more than the page itself. The answer is what the landing view
     gives a new visitor: the cached page filled in, a CSRF token made as flask-wtf's generate_csrf
     makes it, and a new session cookie from Flask's own session serializer and cookie settings.
     Anything else, and the very first request of a process (which builds the cached page), takes the
@@ -289,11 +290,10 @@ def first_visit_landing(app: Flask, wsgi_app):
 
     def landing(environ, start_response):
         nonlocal broken
-        page = app.extensions.get("form_pages", {}).get("landing.html")
+        page = app.extensions.get("form_pages", {}).get(environ.get("PATH_INFO"))
         if (
             page is None
             or broken
-            or environ.get("PATH_INFO") != "/"
             or environ.get("REQUEST_METHOD") not in ("GET", "HEAD")
             or cookie_name in environ.get("HTTP_COOKIE", "")
         ):
@@ -306,13 +306,14 @@ def first_visit_landing(app: Flask, wsgi_app):
             return wsgi_app(environ, start_response)
         start_response("200 OK", headers)
         elapsed = (time.perf_counter() - environ.get("clinic.started", time.perf_counter())) * 1000
-        log.info("%s / 200 %sB %.1fms %s", environ["REQUEST_METHOD"], len(body), elapsed, environ.get("REMOTE_ADDR"))
+        method, path = environ["REQUEST_METHOD"], environ["PATH_INFO"]
+        log.info("%s %s 200 %sB %.1fms %s", method, path, len(body), elapsed, environ.get("REMOTE_ADDR"))
         return [body] if environ["REQUEST_METHOD"] == "GET" else []
 
     return landing
 
 
-def page_with_slots(template: str, form, values: dict) -> tuple[list[str], list[str]]:
+def page_with_slots(template: str, form, values: dict, **context) -> tuple[list[str], list[str]]:
     """Render `template` with a marker in each varying hidden field; return the CSRF fields and the parts.
 
     The parts alternate: page text, a field name, page text, ...
@@ -323,7 +324,7 @@ def page_with_slots(template: str, form, values: dict) -> tuple[list[str], list[
         for field in slotted:
             marker = SLOT.format(field.name)
             field._value = lambda marker=marker: marker
-        html = render_template(template, form=form)
+        html = render_template(template, form=form, **context)
     finally:
         for field in slotted:
             del field._value

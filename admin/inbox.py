@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from flask import Response, render_template, request, stream_with_context
 
+import articles
 import db
 import housekeeping
 from admin import audit, bp, clinic_zone, stamp
@@ -27,6 +28,7 @@ CSV_COLUMNS = [
     ("utm_medium", "utm_medium"),
     ("utm_campaign", "utm_campaign"),
     ("referring page", "referrer"),
+    ("landing page", "landing_page"),
 ]
 
 
@@ -38,6 +40,7 @@ def read_filters(args) -> dict:
         "q": args.get("q", "").strip()[:200],
         "from": "",
         "to": "",
+        "article": args.get("article", "") if articles.by_slug(args.get("article", "")) else "",
     }
     for key in ("from", "to"):
         try:
@@ -55,7 +58,8 @@ def query_args(filters: dict) -> dict:
         since = stamp(datetime.combine(date.fromisoformat(filters["from"]), time.min, zone))
     if filters["to"]:
         until = stamp(datetime.combine(date.fromisoformat(filters["to"]) + timedelta(days=1), time.min, zone))
-    return {"q": filters["q"], "since": since, "until": until}
+    landing_page = articles.by_slug(filters["article"])["path"] if filters["article"] else None
+    return {"q": filters["q"], "since": since, "until": until, "landing_page": landing_page}
 
 
 def dashboard(now: datetime) -> dict:
@@ -117,11 +121,12 @@ def inbox():
         counts=counts,
         total=total,
         filters=filters,
-        keep={k: filters[k] for k in ("q", "from", "to") if filters[k]},
+        keep={k: filters[k] for k in ("q", "from", "to", "article") if filters[k]},
         current={k: v for k, v in filters.items() if v},
         page=page,
         pages=pages,
         labels=db.LEAD_STATUSES,
+        article_titles={article["path"]: article["title"] for article in articles.all_articles()},
         chart=dashboard(datetime.now(UTC)),
         periods=periods(datetime.now(UTC)),
         health=db.email_health(database),

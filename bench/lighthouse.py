@@ -1,4 +1,4 @@
-"""Lighthouse (mobile preset) on / and /thanks, served by the real gunicorn; scores to bench/lighthouse-results.json.
+"""Lighthouse (mobile preset) on /, an article and /thanks, served by gunicorn; scores to bench/lighthouse-results.json.
 
 make lighthouse                      # 3 runs per page, median scores
 make lighthouse ARGS="--runs 1"
@@ -27,7 +27,7 @@ CHROME_FLAGS = (
     " --disable-sync --no-first-run"
 )
 CATEGORIES = ["performance", "accessibility", "best-practices", "seo"]
-PAGES = ["/", "/thanks"]
+PAGES = ["/", "/articles/acupuncture-for-sleep", "/thanks"]
 RESULTS = ROOT / "bench" / "lighthouse-results.json"
 
 
@@ -41,7 +41,11 @@ def start_site(data_dir: str) -> tuple[subprocess.Popen, str]:
     """gunicorn as `make run` starts it, on a free loopback port; returns the process and its URL."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PORT": str(port), "DATA_DIR": data_dir, "SITE_URL": url}
+    content = Path(data_dir) / "content"  # the site's articles and the tests' second one, served at /articles/...
+    content.mkdir()
+    for article in [*(ROOT / "content").glob("*.md"), *(ROOT / "tests" / "content").glob("*.md")]:
+        shutil.copy(article, content)
+    env = {**os.environ, "PORT": str(port), "DATA_DIR": data_dir, "SITE_URL": url, "CONTENT_DIR": str(content)}
     gunicorn = Path(sys.executable).with_name("gunicorn")
     log = open(Path(data_dir) / "gunicorn.log", "wb")
     process = subprocess.Popen(

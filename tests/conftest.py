@@ -90,6 +90,19 @@ def mail_settings(settings, smtp):
     return settings
 
 
+def two_articles(folder) -> str:
+    """A content folder at `folder` with the site's articles and a second one from tests/content; its path."""
+    import shutil
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    root = Path(__file__).resolve().parent.parent
+    for article in [*(root / "content").glob("*.md"), *(root / "tests" / "content").glob("*.md")]:
+        shutil.copy(article, folder)
+    return str(folder)
+
+
 @pytest.fixture
 def app(settings):
     return create_app(settings)

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DEVICES, LiveServer, missing
+from conftest import DEVICES, LiveServer, missing, two_articles
 from playwright.sync_api import expect
 
 pytestmark = pytest.mark.e2e
@@ -27,6 +27,7 @@ def site(tmp_path_factory):
     data = tmp_path_factory.mktemp("a11y")
     env = {
         "DATA_DIR": str(data),
+        "CONTENT_DIR": two_articles(data / "content"),  # a second article, at /articles/acupuncture-for-sleep
         "SECRET_KEY": "a11y",
         "SPAM_MIN_SECONDS": "0",
         "CONTACT_RATE_LIMIT": "1000 per minute",
@@ -88,6 +89,11 @@ def sign_in(page, url: str, username: str = "owner", password: str = PASSWORD) -
 
 def open_landing(page, url):
     page.goto(url + "/")
+
+
+def open_article(page, url):
+    page.goto(url + "/articles/acupuncture-for-sleep")
+    expect(page.get_by_role("heading", name="More from the clinic")).to_be_visible()
 
 
 def open_form_checked_in_page(page, url):
@@ -160,6 +166,7 @@ def open_admin_status(page, url):
 
 PUBLIC = [
     open_landing,
+    open_article,
     open_form_checked_in_page,
     open_form_refused_by_server,
     open_thanks,
