@@ -21,7 +21,7 @@ JOB = "daily"
 EVERY = timedelta(days=1)
 RETRY_AFTER_FAILURE = timedelta(hours=1)
 BACKUP_STALE_AFTER = timedelta(days=2)
-PURGE_BATCH = 250  # leads per transaction: a visitor's POST /contact waits for at most one batch
+PURGE_BATCH = 100  # leads per transaction: a visitor's POST /contact waits for at most one batch
 MIN_PAUSE_SECONDS = 0.005
 
 
