@@ -22,7 +22,10 @@ EVERY = timedelta(days=1)
 RETRY_AFTER_FAILURE = timedelta(hours=1)
 BACKUP_STALE_AFTER = timedelta(days=2)
 PURGE_BATCH = 100  # leads per transaction: a visitor's POST /contact waits for at most one batch
-MIN_PAUSE_SECONDS = 0.005
+# A writer waiting for the lock is retried by SQLite's busy handler after 1, 2, 5, 10, 15, 20, 25 ms...
+# A pause between batches longer than those gaps lets every waiting post in before the next batch;
+# a pause only as long as the batch could fall between two retries and starve a post for seconds.
+PAUSE_SECONDS = 0.05
 
 
 def purge(database, config: dict, before: datetime, stop: threading.Event | None = None) -> dict:
@@ -30,7 +33,8 @@ def purge(database, config: dict, before: datetime, stop: threading.Event | None
     finished emails and audit-log lines; return how many of each went.
 
     Each batch is its own BEGIN IMMEDIATE transaction of normal DELETEs (so triggers fire), and
-    the purge pauses after it as long as it took, so waiting visitors get the write lock in between.
+    the purge pauses after it (at least PAUSE_SECONDS, twice the batch's time on a slow day), so
+    waiting visitors get the write lock in between.
     """
     stamp = db.iso_utc(before)
     steps = {
@@ -48,7 +52,7 @@ def purge(database, config: dict, before: datetime, stop: threading.Event | None
             counts[kind] += count
             if count < PURGE_BATCH:
                 break
-            time.sleep(max(MIN_PAUSE_SECONDS, time.monotonic() - started))
+            time.sleep(max(PAUSE_SECONDS, 2 * (time.monotonic() - started)))
     return counts
 
 
