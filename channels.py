@@ -6,6 +6,7 @@ own, so an alert service or webhook receiver that is slow or down never holds ba
 """
 
 import base64
+import functools
 import hashlib
 import json
 import logging
@@ -32,6 +33,7 @@ log = logging.getLogger("clinic.channels")
 CHANNELS = ("alert", "webhook")
 WEBHOOK_TIMEOUT_SECONDS = 10
 RETRIED_STATUSES = {408, 429}  # and every 5xx
+PACE_SECONDS = 0.02  # at most 50 deliveries a second per server process, far above any clinic's need
 LEAD_FIELDS = (
     "id",
     "name",
@@ -64,6 +66,7 @@ def target_key(url: str) -> str:
     return hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
+@functools.cache  # Apprise loads its plugins on first use (a third of a second): once, not per request
 def shown_url(channel: str, url: str) -> str:
     """The address as the owner may see it: Apprise's privacy-safe form, a webhook's origin only."""
     if channel == "alert":
@@ -249,6 +252,9 @@ def drain(database, config: dict, now: datetime | None = None, stop: threading.E
         if not rows:
             break
         delivered += send_row(database, rows[0], where.get(rows[0]["target"]), moment, config)
+        if stop is not None:
+            # The sender thread leaves the interpreter to the visitors' requests between deliveries.
+            stop.wait(PACE_SECONDS)
     return delivered
 
 
@@ -256,6 +262,8 @@ def start_worker(app: Flask) -> Callable[[], None] | None:
     """Start this process's alert and webhook sender, unless the config turns senders off; return what stops it."""
     if not app.config["OUTBOX_WORKER"]:
         return None
+    for channel, url in destinations(app.config).values():
+        shown_url(channel, url)  # before the first request needs it
     return notify.start_sender(app, "outbox-channels", drain, wake, CHANNELS)
 
 

@@ -223,34 +223,45 @@ def enqueue_email(db: Database, email: dict, now: str) -> int:
 def claim_due_emails(
     db: Database, now: str, stale_before: str, limit: int = 10, channels: tuple[str, ...] = ("email",)
 ) -> list[dict]:
-    """Mark due rows of `channels` as sending and return them; only one process can win each row.
+    """Mark up to `limit` due rows of the first of `channels` that has any as sending and return them.
 
-    A row left in `sending` since before `stale_before` belonged to a sender that died.
+    Only one process can win each row. A row left in `sending` since before `stale_before`
+    belonged to a sender that died. Each channel's rows are found through the (channel, status,
+    next_attempt_at) index, so a claim costs the same with thousands waiting: it holds the write lock.
     """
-    marks = ", ".join(f":channel{i}" for i in range(len(channels)))
     with write(db):
-        rows = db.query(
-            f"""
-        UPDATE outbox SET status = 'sending', claimed_at = :now, attempts = attempts + 1,
-            updated_at = :now
+        for channel in channels:
+            rows = list(
+                db.query(
+                    """
+        UPDATE outbox SET status = 'sending', claimed_at = :now, attempts = attempts + 1, updated_at = :now
         WHERE id IN (
-            SELECT id FROM outbox
-            WHERE ((status = 'pending' AND next_attempt_at <= :now)
-               OR (status = 'sending' AND claimed_at < :stale)) AND channel IN ({marks})
-            ORDER BY next_attempt_at, id LIMIT :limit
+            SELECT id FROM (
+                SELECT * FROM (
+                    SELECT id, next_attempt_at FROM outbox
+                    WHERE channel = :channel AND status = 'pending' AND next_attempt_at <= :now
+                    ORDER BY next_attempt_at, id LIMIT :limit)
+                UNION ALL
+                SELECT * FROM (
+                    SELECT id, next_attempt_at FROM outbox
+                    WHERE channel = :channel AND status = 'sending' AND claimed_at < :stale LIMIT :limit)
+            ) ORDER BY next_attempt_at, id LIMIT :limit
         )
         RETURNING *
         """,
-            {"now": now, "stale": stale_before, "limit": limit, **{f"channel{i}": c for i, c in enumerate(channels)}},
-        )
-        return list(rows)
+                    {"now": now, "stale": stale_before, "limit": limit, "channel": channel},
+                )
+            )
+            if rows:
+                return rows
+        return []
 
 
 def next_due_at(db: Database, channels: tuple[str, ...] = ("email",)) -> str | None:
     """Return when the next pending row of `channels` is due, or None when none waits."""
-    marks = ", ".join("?" * len(channels))
-    sql = f"SELECT min(next_attempt_at) AS due FROM outbox WHERE status = 'pending' AND channel IN ({marks})"
-    return next(db.query(sql, list(channels)))["due"]
+    sql = "SELECT min(next_attempt_at) AS due FROM outbox WHERE channel = ? AND status = 'pending'"
+    due = [row["due"] for channel in channels for row in db.query(sql, [channel]) if row["due"]]
+    return min(due, default=None)
 
 
 def defer_waiting_emails(db: Database, now: str, error: str, retry_at: str) -> int:
@@ -966,6 +977,7 @@ def m008_outbox_channels(db: Database) -> None:
     """Each outbox row's channel (email, alert, webhook) and, for alerts and webhooks, which address it goes to."""
     db.table("outbox").add_column("channel", str, not_null_default="email")
     db.table("outbox").add_column("target", str)
+    db.table("outbox").create_index(["channel", "status", "next_attempt_at"])  # each sender's claim
     db.table("outbox").create_index(["channel", "target", "status"])
     db.table("outbox").create_index(["kind", "to_addr", "created_at"])  # one confirmation a day per address
 
