@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import csrf_token, drain, free_port, post_lead, rows
+from conftest import OWNER_PASSWORD, csrf_token, drain, free_port, post_lead, rows, sign_in
 from standardwebhooks import Webhook
 
 import channels
@@ -96,6 +96,15 @@ def send_channels(app, now: datetime | None = None) -> int:
 
 def later(seconds: float) -> datetime:
     return datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+def signed_in(app):
+    """A test client of `app`, signed in as an owner made with `flask create-admin owner`."""
+    result = app.test_cli_runner().invoke(args=["create-admin", "owner"], input=OWNER_PASSWORD + "\n")
+    assert result.exit_code == 0
+    client = app.test_client()
+    assert sign_in(client).status_code == 303
+    return client
 
 
 def verified(secret: str, request: dict) -> dict:
@@ -409,14 +418,7 @@ def test_status_page_lists_each_channel_masked_with_its_last_failure_and_a_test(
     alert_url = f"json://owner:s3cretpass@127.0.0.1:{phone.port}/alerts"
     settings.update(ALERT_URLS=alert_url, WEBHOOK_URL=site.url("http", "/hook/t0ken"), WEBHOOK_SECRET=SECRET)
     app = create_app(settings)
-    result = app.test_cli_runner().invoke(args=["create-admin", "owner"], input="correct horse battery staple\n")
-    assert result.exit_code == 0
-    owner = app.test_client()
-    page = owner.get("/admin/login").get_data(as_text=True)
-    owner.post(
-        "/admin/login",
-        data={"username": "owner", "password": "correct horse battery staple", "csrf_token": csrf_token(page)},
-    )
+    owner = signed_in(app)
     post_lead(owner)
     send_channels(app)
     html = owner.get("/admin/status").get_data(as_text=True)
@@ -483,3 +485,26 @@ def test_a_lead_over_http_reaches_every_channel(serve, smtp, receiver):
     assert sorted(m["To"] for m in mails) == ["frontdesk@acupuncturehalls.example", "jane@example.com"]
     time.sleep(1)  # a second delivery would have come by now
     assert (len(phone.requests), len(site.requests), len(smtp.envelopes)) == (1, 1, 2)
+
+
+def test_privacy_page_says_what_alerts_and_webhooks_carry(settings):
+    plain = create_app(settings).test_client().get("/privacy").get_data(as_text=True)
+    assert "messaging service" not in plain and "booking and contact tools" not in plain
+    settings.update(ALERT_URLS="ntfys://topic", ALERT_DETAILS=True, WEBHOOK_URL="https://hooks.example/x")
+    html = create_app(settings).test_client().get("/privacy").get_data(as_text=True)
+    assert "only your name and phone number" in html and "booking and contact tools" in html
+
+
+def test_a_failed_webhook_sent_again_keeps_its_webhook_id(settings, receiver):
+    site = receiver(answers=[400])
+    app = create_app({**settings, "WEBHOOK_URL": site.url(), "WEBHOOK_SECRET": SECRET})
+    client = signed_in(app)
+    post_lead(client)
+    send_channels(app)
+    [row] = rows(app, "SELECT id FROM outbox WHERE channel = 'webhook'")
+    html = client.get("/admin/leads/1").get_data(as_text=True)
+    assert "Webhook lead.created" in html and "answered 400" in html
+    client.post(f"/admin/emails/{row['id']}/resend", data={"csrf_token": csrf_token(html)})
+    assert send_channels(app) == 1
+    first, second = site.requests
+    assert first["headers"]["webhook-id"] == second["headers"]["webhook-id"]
