@@ -206,7 +206,8 @@ def send_alert(url: str, row: dict) -> str:
     if plugin is None:
         raise PermanentFailure("ALERT_URLS holds an address Apprise does not know")
     with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as captured:
-        delivered = plugin.notify(body=row["body_text"], title=row["subject"])
+        # The body says it all: a title would repeat it on an SMS (the subject names the row in the admin).
+        delivered = plugin.notify(body=row["body_text"])
     if not delivered:
         lines = [line for line in captured.getvalue().splitlines() if line.strip()]
         raise RuntimeError(lines[-1] if lines else "the service did not accept the alert")

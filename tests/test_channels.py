@@ -508,3 +508,12 @@ def test_a_failed_webhook_sent_again_keeps_its_webhook_id(settings, receiver):
     assert send_channels(app) == 1
     first, second = site.requests
     assert first["headers"]["webhook-id"] == second["headers"]["webhook-id"]
+
+
+def test_outbox_send_command_delivers_due_alerts_too(settings, receiver):
+    phone = receiver()
+    app = create_app({**settings, "ALERT_URLS": phone.url("json")})
+    post_lead(app.test_client())
+    result = app.test_cli_runner().invoke(args=["outbox", "send", "--to-files"])
+    assert "1 alert(s) and webhook event(s) delivered" in result.output and "1 email(s) sent" in result.output
+    assert len(phone.requests) == 1
