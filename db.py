@@ -973,7 +973,7 @@ def last_housekeeping(db: Database, job: str, ok_only: bool = False) -> dict | N
 
 
 @migrations()
-def m008_outbox_channels(db: Database) -> None:
+def m009_outbox_channels(db: Database) -> None:
     """Each outbox row's channel (email, alert, webhook) and, for alerts and webhooks, which address it goes to."""
     db.table("outbox").add_column("channel", str, not_null_default="email")
     db.table("outbox").add_column("target", str)

@@ -517,3 +517,12 @@ def test_outbox_send_command_delivers_due_alerts_too(settings, receiver):
     result = app.test_cli_runner().invoke(args=["outbox", "send", "--to-files"])
     assert "1 alert(s) and webhook event(s) delivered" in result.output and "1 email(s) sent" in result.output
     assert len(phone.requests) == 1
+
+
+def test_lead_event_carries_the_landing_page_when_leads_have_one(settings):
+    app = create_app({**settings, "WEBHOOK_URL": "https://hooks.example/x", "WEBHOOK_SECRET": SECRET})
+    lead = {"id": 3, "name": "Jane Doe", "status": "new", "created_at": "2026-11-29T10:00:00+00:00"}
+    [row] = channels.lead_event("lead.created", {**lead, "landing_page": "/articles/migraine"}, app.config, "now")
+    assert json.loads(row["body_text"])["data"]["landing_page"] == "/articles/migraine"
+    [row] = channels.lead_event("lead.created", lead, app.config, "now")
+    assert "landing_page" not in json.loads(row["body_text"])["data"]
