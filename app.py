@@ -25,7 +25,9 @@ from werkzeug.serving import is_running_from_reloader
 import admin
 import articles
 import backups
+import channels
 import config
+import confirmation
 import db
 import housekeeping
 import notify
@@ -56,6 +58,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     register_error_pages(app)
     serving.init_app(app)
     notify.init_app(app)
+    channels.init_app(app)
     backups.init_app(app)
     readiness.init_app(app)
     return app
@@ -67,15 +70,17 @@ def start_background(app: Flask) -> None:
     Only server processes send email: a `flask` command run from a shell or cron never does.
     """
     app.extensions["outbox_stop"] = notify.start_worker(app)
+    app.extensions["channels_stop"] = channels.start_worker(app)
     app.extensions["server_lock"] = backups.hold_server_lock(app.config)  # `restore` refuses while held
     app.extensions["housekeeping_stop"] = housekeeping.start(app)
 
 
 def stop_background(app: Flask) -> None:
     """Stop the background threads after what they are doing, waiting a bounded time (gunicorn's worker_exit hook)."""
-    stop_outbox = app.extensions.pop("outbox_stop", None)
-    if stop_outbox is not None:
-        stop_outbox()
+    for name in ("outbox_stop", "channels_stop"):
+        stop_sender = app.extensions.pop(name, None)
+        if stop_sender is not None:
+            stop_sender()
     stop_housekeeping = app.extensions.pop("housekeeping_stop", None)
     if stop_housekeeping is not None:
         stop_housekeeping.set()
@@ -266,23 +271,28 @@ def contact():
         with db.write(database):
             lead_id, is_new = db.add_lead(database, lead, now)
             if is_new and not reasons:
-                email = notify.lead_email({**lead, "id": lead_id, "created_at": now}, current_app.config)
-                db.enqueue_email(database, email, now)
+                stored = {**lead, "id": lead_id, "created_at": now, "status": "new"}
+                db.enqueue_email(database, notify.lead_email(stored, current_app.config), now)
+                for row in channels.new_lead_rows(database, stored, current_app.config, now):
+                    db.enqueue_email(database, row, now)
     except sqlite3.Error:
         log.exception("could not store a lead")
         abort(503)
     if is_new:
         log.info("lead %s stored%s", lead_id, " as spam: " + lead["spam_reason"] if reasons else "")
-        notify.wake.set()
+        channels.wake_senders()
     session["thanks_name"] = form.name.data
+    if current_app.config["BOOKING_URL"]:
+        session["thanks_campaign"] = confirmation.campaign(lead)
     return redirect(url_for(".thanks"), 303)
 
 
 @bp.get("/thanks")
 def thanks():
-    """Thank the visitor by name, once (the name leaves their cookie), and say what happens next."""
+    """Thank the visitor by name, once (the name leaves their cookie), say what happens next, offer to book."""
     serving.keep_private()
-    return render_template("thanks.html", name=session.pop("thanks_name", None))
+    booking = confirmation.booking_link(current_app.config["BOOKING_URL"], session.pop("thanks_campaign", {}))
+    return render_template("thanks.html", name=session.pop("thanks_name", None), booking=booking)
 
 
 @bp.get("/privacy")

@@ -1,5 +1,6 @@
 """Settings: embedded defaults, overridden by the environment; the only reader of os.environ."""
 
+import base64
 import os
 import re
 import secrets
@@ -59,6 +60,12 @@ SETTINGS: dict[str, tuple[object, type]] = {
     "REMINDER_AFTER_HOURS": (4.0, float),
     "CLINIC_HOURS": ("09:00-17:00", str),
     "CLINIC_DAYS": ("Mon-Fri", str),
+    "ALERT_URLS": ("", str),  # space-separated Apprise URLs
+    "ALERT_DETAILS": (False, bool),
+    "AUTOREPLY": (False, bool),
+    "BOOKING_URL": (None, str),
+    "WEBHOOK_URL": (None, str),
+    "WEBHOOK_SECRET": (None, str),
 }
 
 TRUE = {"1", "true", "yes", "on"}
@@ -133,6 +140,7 @@ def finish(config: dict) -> dict:
     finish_mail(config)
     config["WORK_HOURS"] = parse_hours(config["CLINIC_HOURS"])
     config["WORK_DAYS"] = parse_days(config["CLINIC_DAYS"])
+    finish_channels(config)
     return config
 
 
@@ -155,6 +163,27 @@ def finish_mail(config: dict) -> None:
     cert_file = config["SSL_CERT_FILE"]
     if cert_file and not Path(cert_file).is_file():
         raise ConfigError(f"SSL_CERT_FILE={cert_file!r}: no such file")
+
+
+def finish_channels(config: dict) -> None:
+    """Check the web addresses of the booking page and the webhook, and the webhook's secret."""
+    for name in ("BOOKING_URL", "WEBHOOK_URL"):
+        url = config[name]
+        if url and not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", url, re.IGNORECASE):
+            raise ConfigError(f"{name}={url!r}: expected a web address starting with https://")
+    secret = config["WEBHOOK_SECRET"]
+    if secret:
+        try:
+            key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        except ValueError:
+            key = b""
+        if not secret.startswith("whsec_") or len(key) < 16:
+            raise ConfigError(
+                "WEBHOOK_SECRET: expected whsec_ followed by at least 16 bytes in base64; "
+                "make one with `flask --app app webhook-secret`"
+            )
+    if isinstance(config["ALERT_URLS"], str):
+        config["ALERT_URLS"] = config["ALERT_URLS"].split()
 
 
 DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]

@@ -215,42 +215,60 @@ def enqueue_email(db: Database, email: dict, now: str) -> int:
     return db.table("outbox").insert(row).last_pk
 
 
-def claim_due_emails(db: Database, now: str, stale_before: str, limit: int = 10) -> list[dict]:
-    """Mark due emails as sending and return them; only one process can win each row.
+def claim_due_emails(
+    db: Database, now: str, stale_before: str, limit: int = 10, channels: tuple[str, ...] = ("email",)
+) -> list[dict]:
+    """Mark up to `limit` due rows of the first of `channels` that has any as sending and return them.
 
-    A row left in `sending` since before `stale_before` belonged to a sender that died.
+    Only one process can win each row. A row left in `sending` since before `stale_before`
+    belonged to a sender that died. Each channel's rows are found through the (channel, status,
+    next_attempt_at) index, so a claim costs the same with thousands waiting: it holds the write lock.
     """
     with write(db):
-        rows = db.query(
-            """
-        UPDATE outbox SET status = 'sending', claimed_at = :now, attempts = attempts + 1,
-            updated_at = :now
+        for channel in channels:
+            rows = list(
+                db.query(
+                    """
+        UPDATE outbox SET status = 'sending', claimed_at = :now, attempts = attempts + 1, updated_at = :now
         WHERE id IN (
-            SELECT id FROM outbox
-            WHERE (status = 'pending' AND next_attempt_at <= :now)
-               OR (status = 'sending' AND claimed_at < :stale)
-            ORDER BY next_attempt_at, id LIMIT :limit
+            SELECT id FROM (
+                SELECT * FROM (
+                    SELECT id, next_attempt_at FROM outbox
+                    WHERE channel = :channel AND status = 'pending' AND next_attempt_at <= :now
+                    ORDER BY next_attempt_at, id LIMIT :limit)
+                UNION ALL
+                SELECT * FROM (
+                    SELECT id, next_attempt_at FROM outbox
+                    WHERE channel = :channel AND status = 'sending' AND claimed_at < :stale LIMIT :limit)
+            ) ORDER BY next_attempt_at, id LIMIT :limit
         )
         RETURNING *
         """,
-            {"now": now, "stale": stale_before, "limit": limit},
-        )
-        return list(rows)
+                    {"now": now, "stale": stale_before, "limit": limit, "channel": channel},
+                )
+            )
+            if rows:
+                return rows
+        return []
 
 
-def next_due_at(db: Database) -> str | None:
-    """Return when the next pending email is due, or None when none waits."""
-    row = next(db.query("SELECT min(next_attempt_at) AS due FROM outbox WHERE status = 'pending'"))
-    return row["due"]
+def next_due_at(db: Database, channels: tuple[str, ...] = ("email",)) -> str | None:
+    """Return when the next pending row of `channels` is due, or None when none waits."""
+    sql = "SELECT min(next_attempt_at) AS due FROM outbox WHERE channel = ? AND status = 'pending'"
+    due = [row["due"] for channel in channels for row in db.query(sql, [channel]) if row["due"]]
+    return min(due, default=None)
 
 
 def defer_waiting_emails(db: Database, now: str, error: str, retry_at: str) -> int:
-    """Move every waiting email due before `retry_at` to then, with the reason; return how many moved."""
+    """Move every waiting email due before `retry_at` to then, with the reason; return how many moved.
+
+    Emails only: the mail server being down says nothing about the alert and webhook addresses.
+    """
     with write(db):
         return db.execute(
             """
         UPDATE outbox SET next_attempt_at = ?, last_error = ?, updated_at = ?
-        WHERE status = 'pending' AND next_attempt_at < ?
+        WHERE status = 'pending' AND next_attempt_at < ? AND channel = 'email'
         """,
             [retry_at, error, now, retry_at],
         ).rowcount
@@ -734,8 +752,11 @@ def lead_sources_since(db: Database, since: str) -> dict[str, int]:
 # Admin: one lead
 
 
-def set_status(db: Database, lead_id: int, status: str, now: str) -> str | None:
-    """Change a lead's status (spam flag follows); return the old status, or None if no such lead."""
+def set_status(db: Database, lead_id: int, status: str, now: str, queue: list[dict] = ()) -> str | None:
+    """Change a lead's status (spam flag follows) and queue the outbox rows in `queue` with it.
+
+    Return the old status, or None if no such lead.
+    """
     with write(db):
         lead = get_lead(db, lead_id)
         if lead is None:
@@ -744,14 +765,18 @@ def set_status(db: Database, lead_id: int, status: str, now: str) -> str | None:
             "UPDATE leads SET status = ?, is_spam = ?, updated_at = ? WHERE id = ?",
             [status, int(status == "spam"), now, lead_id],
         )
+        for row in queue:
+            enqueue_email(db, row, now)
         return lead["status"]
 
 
-def add_note(db: Database, lead_id: int, author: str, body: str, now: str) -> None:
-    """Append a note to a lead."""
+def add_note(db: Database, lead_id: int, author: str, body: str, now: str, queue: list[dict] = ()) -> None:
+    """Append a note to a lead and queue the outbox rows in `queue` with it."""
     with write(db):
         db.table("notes").insert({"lead_id": lead_id, "at": now, "author": author, "body": body})
         db.execute("UPDATE leads SET updated_at = ? WHERE id = ?", [now, lead_id])
+        for row in queue:
+            enqueue_email(db, row, now)
 
 
 def notes_for_lead(db: Database, lead_id: int) -> list[dict]:
@@ -832,13 +857,16 @@ def resend_email(db: Database, outbox_id: int, message_id: str, now: str) -> int
         if row["status"] == "failed":
             # Taken off the failed list: its copy carries on.
             db.execute("UPDATE outbox SET status = 'resent', updated_at = ? WHERE id = ?", [now, outbox_id])
-        copy = {k: row[k] for k in ("lead_id", "kind", "to_addr", "reply_to", "subject", "body_text", "body_html")}
+        fields = ("lead_id", "kind", "channel", "target", "to_addr", "reply_to", "subject", "body_text", "body_html")
+        copy = {k: row[k] for k in fields}
+        if row["channel"] == "webhook":  # the same event: its webhook-id lets the receiver drop a duplicate
+            message_id = row["message_id"]
         return enqueue_email(db, {**copy, "message_id": message_id}, now)
 
 
 def email_health(db: Database) -> dict:
     """Last successful delivery, and the emails waiting with errors or failed for good."""
-    last = next(db.query("SELECT max(sent_at) AS at FROM outbox WHERE status = 'sent'"))["at"]
+    last = next(db.query("SELECT max(sent_at) AS at FROM outbox WHERE status = 'sent' AND channel = 'email'"))["at"]
     troubled = list(
         db.query(
             """
@@ -972,3 +1000,49 @@ def last_housekeeping(db: Database, job: str, ok_only: bool = False) -> dict | N
     where = "job = ? AND ok = 1" if ok_only else "job = ?"
     rows = list(db.query(f"SELECT * FROM housekeeping_log WHERE {where} ORDER BY id DESC LIMIT 1", [job]))
     return rows[0] if rows else None
+
+
+# Channels: alerts (Apprise), webhooks and the visitor's confirmation ride the outbox beside the emails
+
+
+@migrations()
+def m009_outbox_channels(db: Database) -> None:
+    """Each outbox row's channel (email, alert, webhook) and, for alerts and webhooks, which address it goes to."""
+    db.table("outbox").add_column("channel", str, not_null_default="email")
+    db.table("outbox").add_column("target", str)
+    db.table("outbox").create_index(["channel", "status", "next_attempt_at"])  # each sender's claim
+    db.table("outbox").create_index(["channel", "target", "status"])
+    db.table("outbox").create_index(["kind", "to_addr", "created_at"])  # one confirmation a day per address
+
+
+def confirmed_since(db: Database, address: str, since: str) -> bool:
+    """True if a confirmation was queued for `address` (lower case) since `since`."""
+    sql = "SELECT 1 FROM outbox WHERE kind = 'autoreply' AND to_addr = ? AND created_at >= ? LIMIT 1"
+    return bool(list(db.query(sql, [address, since])))
+
+
+def channel_health(db: Database, channel: str, target: str | None = None) -> dict:
+    """The last delivery and the last failed attempt (with its reason) of one channel's address."""
+    where = "o.channel = :channel AND o.target IS :target"
+    params = {"channel": channel, "target": target}
+    last = next(db.query(f"SELECT max(sent_at) AS at FROM outbox o WHERE {where} AND status = 'sent'", params))
+    failures = list(
+        db.query(
+            f"""SELECT a.at, a.error FROM email_attempts a JOIN outbox o ON o.id = a.outbox_id
+            WHERE {where} AND a.ok = 0 ORDER BY a.id DESC LIMIT 1""",
+            params,
+        )
+    )
+    troubled = next(
+        db.query(
+            f"""SELECT count(*) AS n FROM outbox o WHERE {where}
+            AND (status = 'failed' OR (status IN ('pending', 'sending') AND last_error IS NOT NULL))""",
+            params,
+        )
+    )
+    return {
+        "last_sent_at": last["at"],
+        "last_failed_at": failures[0]["at"] if failures else None,
+        "last_error": failures[0]["error"] if failures else None,
+        "troubled": troubled["n"],
+    }

@@ -47,12 +47,14 @@ def post_worker_init(worker):
     """Each worker, once it has loaded the app, starts its background threads (email sender)."""
     from app import start_background
 
-    start_background(worker.wsgi)
+    if hasattr(worker.wsgi, "extensions"):  # the site, not bench/baseline.py's bare WSGI function
+        start_background(worker.wsgi)
 
 
 def worker_exit(server, worker):
     """A worker that shuts down stops its background threads after their current step."""
     from app import stop_background
 
-    if getattr(worker, "wsgi", None) is not None:  # the arbiter also calls this for a worker that never loaded
+    # The arbiter also calls this for a worker that never loaded; bench/baseline.py serves no Flask app.
+    if hasattr(getattr(worker, "wsgi", None), "extensions"):
         stop_background(worker.wsgi)

@@ -331,48 +331,68 @@ def drain(database, config: dict, now: datetime | None = None, stop: threading.E
     return sent
 
 
-def seconds_until_due(database, poll: float) -> float:
-    """How long the sender may sleep before an email falls due (at most `poll`)."""
-    due = db.next_due_at(database)
+def seconds_until_due(database, poll: float, channels: tuple[str, ...] = ("email",)) -> float:
+    """How long the sender may sleep before a row of `channels` falls due (at most `poll`)."""
+    due = db.next_due_at(database, channels)
     if due is None:
         return poll
     wait = (datetime.fromisoformat(due) - datetime.now(UTC)).total_seconds()
     return min(poll, max(0.05, wait))
 
 
-def run_sender(app: Flask, stop: threading.Event) -> None:
-    """Deliver due emails until `stop` is set; woken at once when a lead is saved."""
+def run_sender(
+    app: Flask,
+    stop: threading.Event,
+    send_pass: Callable[..., int] = drain,
+    woken_by: threading.Event = wake,
+    channels: tuple[str, ...] = ("email",),
+) -> None:
+    """Run `send_pass` over the rows of `channels` until `stop` is set; woken at once by `woken_by`."""
     database = db.connect(app.config["DATABASE"])
     poll = app.config["OUTBOX_POLL_SECONDS"]
     with app.app_context():
         while not stop.is_set():
             try:
-                drain(database, app.config, stop=stop)
-                wait = seconds_until_due(database, poll)
+                send_pass(database, app.config, stop=stop)
+                wait = seconds_until_due(database, poll, channels)
             except Exception:
-                log.exception("outbox sender hit an error; trying again shortly")
+                log.exception("outbox sender (%s) hit an error; trying again shortly", ", ".join(channels))
                 wait = poll
-            wake.wait(wait)
-            wake.clear()
+            woken_by.wait(wait)
+            woken_by.clear()
     database.close()
 
 
-def start_worker(app: Flask) -> Callable[[], None] | None:
-    """Start this process's sender thread, unless the config turns it off; return what stops it."""
-    if not app.config["OUTBOX_WORKER"]:
-        return None
+def start_sender(
+    app: Flask,
+    name: str,
+    send_pass: Callable[..., int] = drain,
+    woken_by: threading.Event = wake,
+    channels: tuple[str, ...] = ("email",),
+    join_seconds: float = STOP_WAIT_SECONDS,
+) -> Callable[[], None]:
+    """Start a sender thread for the rows of `channels`; return what stops it."""
     stop = threading.Event()
-    thread = threading.Thread(target=run_sender, args=(app, stop), name="outbox-sender", daemon=True)
+    args = (app, stop, send_pass, woken_by, channels)
+    thread = threading.Thread(target=run_sender, args=args, name=name, daemon=True)
     thread.start()
-    if not app.config["MAIL_SERVER"]:
-        log.warning("MAIL_SERVER is not set: emails are written to %s", Path(app.config["DATA_DIR"]) / "mail")
 
     def stop_worker() -> None:
         """Let the sender finish its current attempt, then end; wait for it a bounded time."""
         stop.set()
-        wake.set()
-        thread.join(STOP_WAIT_SECONDS)
+        woken_by.set()
+        thread.join(join_seconds)
 
+    return stop_worker
+
+
+def start_worker(app: Flask) -> Callable[[], None] | None:
+    """Start this process's email sender thread, unless the config turns it off; return what stops it."""
+    if not app.config["OUTBOX_WORKER"]:
+        return None
+    stop_worker = start_sender(app, "outbox-sender")
+    if not app.config["MAIL_SERVER"]:
+        log.warning("MAIL_SERVER is not set: emails are written to %s", Path(app.config["DATA_DIR"]) / "mail")
     return stop_worker
 
 
@@ -389,8 +409,11 @@ def outbox_cli() -> None:
 @outbox_cli.command("send")
 @click.option("--to-files", is_flag=True, help="With no MAIL_SERVER, write .eml files under DATA_DIR/mail.")
 def send_command(to_files: bool) -> None:
-    """Send every email that is due now, once."""
+    """Send every email, alert and webhook event that is due now, once."""
     config = current_app.config
+    import channels  # here, not at the top: channels builds on this module
+
+    click.echo(f"{channels.send_command_pass()} alert(s) and webhook event(s) delivered")
     if not config["MAIL_SERVER"] and not to_files:
         raise click.ClickException(
             "MAIL_SERVER is not set, so nobody would receive these emails; nothing was sent. "

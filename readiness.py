@@ -10,6 +10,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import with_appcontext
 
+import channels
 import config
 import db
 import housekeeping
@@ -48,6 +49,7 @@ def problems(cfg: dict, database, now: datetime) -> list[str]:
     if not https:
         found.append(f"SITE_URL is {cfg['SITE_URL']}: the public address must be https://")
     found.append(mail_problem(cfg))
+    found.extend(channels.problems(cfg))
     if cfg["CLINIC_EMAIL"] == config.SETTINGS["CLINIC_EMAIL"][0]:
         found.append(f"CLINIC_EMAIL is still the example address {cfg['CLINIC_EMAIL']}: set the clinic's mailbox")
     if not db.count_accounts(database):

@@ -4,6 +4,7 @@ from email.utils import make_msgid
 
 from flask import abort, current_app, flash, g, redirect, render_template, request, url_for
 
+import channels
 import db
 import notify
 from admin import audit, bp, log
@@ -42,14 +43,19 @@ def update_lead(lead_id: int):
     if not form.validate():
         return render_lead(lead, form, 422)
     database, now, done = db.get_db(), db.utcnow(), []
+    # One lead.updated for the save, queued with its first change.
+    event = channels.lead_event("lead.updated", {**lead, "status": form.status.data}, current_app.config, now)
     if form.status.data != lead["status"]:
-        db.set_status(database, lead_id, form.status.data, now)
+        db.set_status(database, lead_id, form.status.data, now, queue=event)
+        event = []
         audit("status changed", lead_id, f"{lead['status']} → {form.status.data}")
         done.append(f"marked {db.LEAD_STATUSES[form.status.data].lower()}")
     if form.note.data:
-        db.add_note(database, lead_id, g.account["username"], form.note.data, now)
+        db.add_note(database, lead_id, g.account["username"], form.note.data, now, queue=event)
         audit("note added", lead_id)
         done.append("note added")
+    if done:
+        channels.wake.set()
     flash(f"Saved: {', '.join(done)}." if done else "Nothing to change.")
     return redirect(url_for("admin.lead_detail", lead_id=lead_id), 303)
 
@@ -59,7 +65,10 @@ def mark_spam(lead_id: int):
     """Mark a lead as spam, or as not spam (it goes back to new)."""
     lead = lead_or_404(lead_id)
     status = "spam" if request.form.get("spam") == "1" else "new"
-    db.set_status(db.get_db(), lead_id, status, db.utcnow())
+    now = db.utcnow()
+    event = channels.lead_event("lead.updated", {**lead, "status": status}, current_app.config, now)
+    db.set_status(db.get_db(), lead_id, status, now, queue=event)
+    channels.wake.set()
     audit("status changed", lead_id, f"{lead['status']} → {status}")
     flash(
         "Marked as spam: it is hidden from the inbox." if status == "spam" else "Marked as not spam: it is new again."
@@ -93,7 +102,7 @@ def resend_email(email_id: int):
     if email is None:
         abort(404)
     db.resend_email(database, email_id, make_msgid(domain="clinic-site"), db.utcnow())
-    notify.wake.set()
+    channels.wake_senders()
     audit("email sent again", email["lead_id"], f"email #{email_id}")
     flash("The email is queued to be sent again. Its delivery shows below in a moment.")
     if email["lead_id"] and db.get_lead(database, email["lead_id"]):

@@ -3,8 +3,9 @@
 from datetime import UTC, datetime
 from pathlib import Path
 
-from flask import current_app, flash, g, redirect, render_template, url_for
+from flask import abort, current_app, flash, g, redirect, render_template, url_for
 
+import channels
 import db
 import housekeeping
 import notify
@@ -21,6 +22,8 @@ def status():
     return render_template(
         "admin/status.html",
         health=db.email_health(database),
+        email_channel=db.channel_health(database, "email"),
+        channels=channels.status(database, cfg),
         mail_server=f"{cfg['MAIL_SERVER']}:{cfg['MAIL_PORT']}" if cfg["MAIL_SERVER"] else None,
         mail_folder=Path(cfg["DATA_DIR"]) / "mail",
         clinic_email=cfg["CLINIC_EMAIL"],
@@ -39,7 +42,21 @@ def send_test_email():
     """Queue a test email to the clinic's mailbox."""
     email = notify.check_email(g.account["username"], current_app.config)
     db.enqueue_email(db.get_db(), email, db.utcnow())
-    notify.wake.set()
+    channels.wake_senders()
     audit("test email queued")
     flash(f"A test email is on its way to {current_app.config['CLINIC_EMAIL']}. Reload this page to see it arrive.")
     return redirect(url_for("admin.status"), 303)
+
+
+@bp.post("/status/test/<key>")
+def send_test_message(key: str):
+    """Queue a test alert to one ALERT_URLS address, or a test event to the webhook."""
+    cfg = current_app.config
+    row = channels.test_row(key, g.account["username"], cfg, db.utcnow())
+    if row is None:
+        abort(404)
+    db.enqueue_email(db.get_db(), row, db.utcnow())
+    channels.wake_senders()
+    audit(f"test {row['channel']} queued", detail=row["to_addr"])
+    flash(f"A test is on its way to {row['to_addr']}. Reload this page to see it arrive.")
+    return redirect(url_for("admin.status", _anchor="channels"), 303)

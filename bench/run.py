@@ -6,7 +6,8 @@
    same gunicorn.conf.py, in alternating rounds; the ratio is taken within each pair of rounds.
 2. POST /contact at a steady 100 posts/s, open loop: each post is sent when it is due and its
    latency counted from then. Every answer must be 303 and every lead stored.
-3. The same while the SMTP server takes 5 s over each message.
+3. The same while the SMTP server takes 5 s over each message, and with every channel on (an
+   Apprise alert and a webhook to a local HTTP sink, the visitor's confirmation, the booking link).
 4. Peak memory (VmHWM) per worker, and capacity: posts per second per core of worker CPU time.
 """
 
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -63,6 +65,38 @@ def run_smtp(port: int, delay: float, count, ready) -> None:
     ready.set()
     while True:
         time.sleep(3600)
+
+
+def run_http_sink(port: int, count, ready) -> None:
+    """Answer 200 to every POST (alerts and webhook events) until killed; in its own process."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            with count.get_lock():
+                count.value += 1
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    ready.set()
+    server.serve_forever()
+
+
+def channel_env(port: int) -> dict:
+    """Every channel on: an alert and a webhook to the sink on `port`, the confirmation, the booking link."""
+    return {
+        "ALERT_URLS": f"json://127.0.0.1:{port}/alert",
+        "ALERT_DETAILS": "true",
+        "WEBHOOK_URL": f"http://127.0.0.1:{port}/hook",
+        "WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "AUTOREPLY": "true",
+        "BOOKING_URL": "https://booking.example/book",
+    }
 
 
 class Server:
@@ -207,15 +241,25 @@ async def post_open_loop(port: int, requests: list[bytes], rate: float, stop=Non
     return latencies, statuses
 
 
-def post_run(smtp_delay: float, seconds: int, rate: float) -> dict:
-    """Start a fresh site mailing an SMTP sink, post at `rate` for `seconds`; return what was measured."""
+def post_run(smtp_delay: float, seconds: int, rate: float, channels: bool = False) -> dict:
+    """Start a fresh site mailing an SMTP sink, post at `rate` for `seconds`; return what was measured.
+
+    With `channels`, every alert and webhook channel is on too, sending to an HTTP sink.
+    """
     smtp_port = free_port()
     mailed, ready = multiprocessing.Value("i", 0), multiprocessing.Event()
     smtp = multiprocessing.Process(target=run_smtp, args=(smtp_port, smtp_delay, mailed, ready), daemon=True)
     smtp.start()
     ready.wait(10)
+    env = {}
+    delivered, sink_ready, http_port = multiprocessing.Value("i", 0), multiprocessing.Event(), free_port()
+    sink = multiprocessing.Process(target=run_http_sink, args=(http_port, delivered, sink_ready), daemon=True)
+    if channels:
+        sink.start()
+        sink_ready.wait(10)
+        env = channel_env(http_port)
     data_dir = tempfile.mkdtemp(prefix="bench-site-")
-    server = Server("app:create_app()", site_env(data_dir, smtp_port))
+    server = Server("app:create_app()", {**site_env(data_dir, smtp_port), **env})
     try:
         count = int(seconds * rate)
         warm = asyncio.run(fetch_forms(server.port, WARMUP))
@@ -238,11 +282,14 @@ def post_run(smtp_delay: float, seconds: int, rate: float) -> dict:
             "cpu_s": cpu,
             "posts_per_core_s": count / cpu if cpu else float("inf"),
             "mailed": mailed.value,
+            "delivered": delivered.value,
             "peak_mb": server.peak_memory_mb(),
         }
     finally:
         server.stop()
         smtp.kill()
+        if channels:
+            sink.kill()
 
 
 def get_runs(seconds: int, rounds: int, connections: int) -> dict:
@@ -273,7 +320,7 @@ def get_runs(seconds: int, rounds: int, connections: int) -> dict:
         baseline.stop()
 
 
-def table(get: dict, fast: dict, slow: dict, args) -> str:
+def table(get: dict, fast: dict, slow: dict, every: dict, args) -> str:
     site, base = get["site"], get["baseline"]
     rows = [
         "| measure | result | target |",
@@ -291,9 +338,13 @@ def table(get: dict, fast: dict, slow: dict, args) -> str:
         f"**p99 {slow['p99']:.1f} ms** (max {slow['max']:.0f} ms); "
         f"{'all 303' if slow['all_303'] else 'NOT all 303'}, {slow['stored']} stored; "
         f"p99 ratio **{slow['p99'] / fast['p99']:.2f}** | ≤ 1.2 × fast |",
+        f"| same, fast SMTP, every channel on: alert, webhook, visitor's confirmation ({every['posts']} posts) "
+        f"| p50 {every['p50']:.1f} ms, **p99 {every['p99']:.1f} ms** (max {every['max']:.0f} ms); "
+        f"{'all 303' if every['all_303'] else 'NOT all 303'}, {every['stored']} stored, {every['delivered']} alerts "
+        f"and webhook events delivered during the run; p99 ratio **{every['p99'] / fast['p99']:.2f}** | ≤ 1.2 × fast |",
         f"| capacity, from workers' CPU time (fast SMTP run) | **{fast['posts_per_core_s']:,.0f} posts/s per core** "
         f"({fast['cpu_s']:.2f} CPU s for {fast['posts']} posts, emails included) | |",
-        f"| peak memory per worker (VmHWM) | {max(get['peak_mb'], fast['peak_mb'], slow['peak_mb']):.0f} MB | |",
+        f"| peak memory per worker (VmHWM) | {max(r['peak_mb'] for r in (get, fast, slow, every)):.0f} MB | |",
     ]
     return "\n".join(rows)
 
@@ -320,7 +371,8 @@ def main() -> None:
     get = get_runs(args.seconds, args.rounds, args.connections)
     fast = post_run(0, args.seconds, args.rate)
     slow = post_run(5, args.seconds, args.rate)
-    text = table(get, fast, slow, args)
+    every = post_run(0, args.seconds, args.rate, channels=True)
+    text = table(get, fast, slow, every, args)
     cpus = os.cpu_count()
     note = (
         f"Measured {started} on this {cpus}-core machine (shared and noisy; wrk and the load generator run on the "

@@ -31,7 +31,7 @@ def test_lead_page_shows_every_field_and_the_source(owner):
         "facebook / social / winter",
         'href="tel:+19495106333"',
         'href="mailto:jane@example.com"',
-        "Notification email",
+        "Notifications",
     ]:
         assert text in html, text
     assert re.search(r"\d{1,2}:\d\d (AM|PM) P[SD]T", html)

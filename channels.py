@@ -1,0 +1,322 @@
+"""Alerts on the owner's phone (Apprise) and signed webhooks out (Standard Webhooks), sent from the outbox.
+
+Their rows sit in the outbox beside the emails (`channel` alert or webhook, `target` naming the
+address), are queued in the same transaction as the lead, and are sent by a sender thread of their
+own, so an alert service or webhook receiver that is slow or down never holds back the clinic's email.
+"""
+
+import base64
+import functools
+import hashlib
+import json
+import logging
+import secrets
+import socket
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
+
+import apprise
+import click
+from flask import Flask, current_app
+from standardwebhooks import Webhook
+
+import confirmation
+import db
+import notify
+
+log = logging.getLogger("clinic.channels")
+
+CHANNELS = ("alert", "webhook")
+WEBHOOK_TIMEOUT_SECONDS = 10
+RETRIED_STATUSES = {408, 429}  # and every 5xx
+PACE_SECONDS = 0.02  # at most 50 deliveries a second per server process, far above any clinic's need
+LEAD_FIELDS = (
+    "id",
+    "name",
+    "email",
+    "phone",
+    "message",
+    "status",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "referrer",
+    "created_at",
+)
+
+wake = threading.Event()
+
+
+def wake_senders() -> None:
+    """Wake the email sender and the alert and webhook sender: something is due now."""
+    notify.wake.set()
+    wake.set()
+
+
+class PermanentFailure(Exception):
+    """Trying again will not help: the address refused the message, redirected it, or is no longer set."""
+
+
+def target_key(url: str) -> str:
+    """A short stable name for an alert or webhook address, stored instead of the address and its secrets."""
+    return hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+@functools.cache  # Apprise loads its plugins on first use (a third of a second): once, not per request
+def shown_url(channel: str, url: str) -> str:
+    """The address as the owner may see it: Apprise's privacy-safe form, a webhook's origin only."""
+    if channel == "alert":
+        plugin = apprise.Apprise.instantiate(url)
+        if plugin is None:
+            return f"{url.split(':', 1)[0]}:// (not an address Apprise knows)"
+        return plugin.url(privacy=True).split("?", 1)[0]
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" + ("/…" if parts.path.strip("/") or parts.query else "/")
+
+
+def destinations(config: dict) -> dict[str, tuple[str, str]]:
+    """Every alert and webhook address configured now, by key: {key: (channel, url)}."""
+    found = {target_key(url): ("alert", url) for url in config["ALERT_URLS"]}
+    if config["WEBHOOK_URL"]:
+        found[target_key(config["WEBHOOK_URL"])] = ("webhook", config["WEBHOOK_URL"])
+    return found
+
+
+def admin_link(lead: dict, config: dict) -> str:
+    """The lead's page in the admin."""
+    return f"{config['SITE_URL']}/admin/leads/{lead['id']}"
+
+
+def alert_rows(lead: dict, config: dict) -> list[dict]:
+    """One alert per ALERT_URLS address for a new lead: its number and link; name and phone only if ALERT_DETAILS."""
+    title = f"New appointment request #{lead['id']}"
+    body = f"{title} — open it: {admin_link(lead, config)}"
+    if config["ALERT_DETAILS"]:  # never the message: chat and SMS services are third parties
+        body += "\n" + " · ".join(part for part in (lead["name"], lead.get("phone")) if part)
+    return [alert_row(url, lead["id"], "alert", title, body) for url in config["ALERT_URLS"]]
+
+
+def alert_row(url: str, lead_id: int | None, kind: str, title: str, body: str) -> dict:
+    """The outbox row of one alert to one address."""
+    return {
+        "lead_id": lead_id,
+        "kind": kind,
+        "channel": "alert",
+        "target": target_key(url),
+        "message_id": f"alert_{secrets.token_hex(12)}",
+        "to_addr": shown_url("alert", url),
+        "reply_to": None,
+        "subject": notify.header_safe(title)[:200],
+        "body_text": body,
+        "body_html": None,
+    }
+
+
+def webhook_row(event: str, data: dict, config: dict, now: str, lead_id: int | None = None) -> dict:
+    """The outbox row of one webhook event: its JSON body, fixed now, and its webhook-id, kept across retries."""
+    body = json.dumps({"type": event, "timestamp": now, "data": data}, ensure_ascii=False, separators=(",", ":"))
+    return {
+        "lead_id": lead_id,
+        "kind": event,
+        "channel": "webhook",
+        "target": target_key(config["WEBHOOK_URL"]),
+        "message_id": f"msg_{secrets.token_hex(12)}",
+        "to_addr": shown_url("webhook", config["WEBHOOK_URL"]),
+        "reply_to": None,
+        "subject": event,
+        "body_text": body,
+        "body_html": None,
+    }
+
+
+def lead_event(event: str, lead: dict, config: dict, now: str) -> list[dict]:
+    """The `lead.created` or `lead.updated` webhook row for a lead; none without WEBHOOK_URL or for spam."""
+    if not config["WEBHOOK_URL"] or lead["status"] == "spam":
+        return []
+    data = {field: lead.get(field) for field in LEAD_FIELDS}
+    if "landing_page" in lead:
+        data["landing_page"] = lead["landing_page"]
+    data["admin_url"] = admin_link(lead, config)
+    return [webhook_row(event, data, config, now, lead["id"])]
+
+
+def new_lead_rows(database, lead: dict, config: dict, now: str) -> list[dict]:
+    """Everything a new lead (not spam) sends besides the clinic's email: alerts, lead.created, the confirmation."""
+    rows = alert_rows(lead, config) + lead_event("lead.created", lead, config, now)
+    return rows + confirmation.rows(database, lead, config, now)
+
+
+def test_row(key: str, actor: str, config: dict, now: str) -> dict | None:
+    """A test message to the alert or webhook address named by `key`, or None if no such address is set."""
+    found = destinations(config).get(key)
+    if found is None:
+        return None
+    channel, url = found
+    if channel == "alert":
+        title = "Test alert from the clinic website"
+        body = f"{title}, sent by {actor}. New appointment requests will arrive like this."
+        return alert_row(url, None, "test", title, body)
+    data = {"message": f"Test event from the clinic website, sent by {actor}", "admin_url": config["SITE_URL"]}
+    return webhook_row("webhook.test", data, config, now)
+
+
+class NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A webhook is never sent on to another address: a redirect answer is the outcome."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+def post_webhook(url: str, secret: str | None, row: dict, now: datetime) -> str:
+    """POST one event, signed now; return what the receiver answered, or raise (PermanentFailure: never retry)."""
+    if not secret:
+        raise RuntimeError("WEBHOOK_SECRET is not set: make one with `flask --app app webhook-secret`")
+    moment = now.astimezone(UTC).replace(microsecond=0)
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "clinic-site-webhooks",
+        "webhook-id": row["message_id"],
+        "webhook-timestamp": str(int(moment.timestamp())),
+        "webhook-signature": Webhook(secret).sign(row["message_id"], moment, row["body_text"]),
+    }
+    request = urllib.request.Request(url, data=row["body_text"].encode(), headers=headers, method="POST")
+    opener = urllib.request.build_opener(NoRedirects)
+    try:
+        with opener.open(request, timeout=WEBHOOK_TIMEOUT_SECONDS) as response:
+            return f"answered {response.status}"
+    except urllib.error.HTTPError as error:
+        error.close()
+        if 300 <= error.code < 400:
+            where = error.headers.get("Location", "elsewhere")
+            raise PermanentFailure(f"answered {error.code}, a redirect to {where}, which is not followed") from None
+        if error.code >= 500 or error.code in RETRIED_STATUSES:
+            raise RuntimeError(f"answered {error.code} {error.reason}") from None
+        raise PermanentFailure(f"answered {error.code} {error.reason}") from None
+    except urllib.error.URLError as error:
+        raise RuntimeError(f"could not connect: {error.reason}") from None
+
+
+def send_alert(url: str, row: dict) -> str:
+    """Send one alert through Apprise; return 'delivered', or raise with the reason Apprise logged."""
+    plugin = apprise.Apprise.instantiate(url)
+    if plugin is None:
+        raise PermanentFailure("ALERT_URLS holds an address Apprise does not know")
+    with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as captured:
+        # The body says it all: a title would repeat it on an SMS (the subject names the row in the admin).
+        delivered = plugin.notify(body=row["body_text"])
+    if not delivered:
+        lines = [line for line in captured.getvalue().splitlines() if line.strip()]
+        raise RuntimeError(lines[-1] if lines else "the service did not accept the alert")
+    return "delivered"
+
+
+def send_row(database, row: dict, found: tuple[str, str] | None, now: datetime, config: dict) -> bool:
+    """Try one claimed alert or webhook event and record the outcome; return True if it was delivered."""
+    stamp = now.isoformat(timespec="seconds")
+    what = f"{row['channel']} {row['id']} ({row['kind']}) for lead {row['lead_id']}"
+    try:
+        if found is None:
+            raise PermanentFailure("this address is no longer in ALERT_URLS or WEBHOOK_URL")
+        if row["channel"] == "alert":
+            outcome = send_alert(found[1], row)
+        else:
+            outcome = post_webhook(found[1], config["WEBHOOK_SECRET"], row, now)
+    except Exception as error:  # noqa: BLE001 - any failure must be recorded, never lose the row
+        reason = notify.header_safe(str(error))[:500] or type(error).__name__
+        too_old = now - datetime.fromisoformat(row["created_at"]) > notify.GIVE_UP_AFTER
+        if isinstance(error, PermanentFailure) or too_old:
+            db.mark_failed(database, row["id"], stamp, reason)
+            log.error("%s failed for good (attempt %s): %s", what, row["attempts"], reason)
+        else:
+            retry_at = (now + notify.backoff(row["attempts"])).isoformat(timespec="seconds")
+            db.mark_retry(database, row["id"], stamp, reason, retry_at)
+            log.warning("%s not delivered (attempt %s), retry at %s: %s", what, row["attempts"], retry_at, reason)
+        return False
+    if db.mark_sent(database, row["id"], stamp):
+        log.info("%s %s (attempt %s)", what, outcome, row["attempts"])
+        return True
+    return False
+
+
+def drain(database, config: dict, now: datetime | None = None, stop: threading.Event | None = None) -> int:
+    """Send every alert and webhook event that is due, one claimed row at a time; return how many were delivered."""
+    delivered = 0
+    where = destinations(config)
+    while not (stop and stop.is_set()):
+        moment = now or datetime.now(UTC)
+        stale = moment - timedelta(seconds=config["OUTBOX_STALE_SECONDS"])
+        rows = db.claim_due_emails(database, db.iso_utc(moment), db.iso_utc(stale), limit=1, channels=CHANNELS)
+        if not rows:
+            break
+        delivered += send_row(database, rows[0], where.get(rows[0]["target"]), moment, config)
+        if stop is not None:
+            # The sender thread leaves the interpreter to the visitors' requests between deliveries.
+            stop.wait(PACE_SECONDS)
+    return delivered
+
+
+def start_worker(app: Flask) -> Callable[[], None] | None:
+    """Start this process's alert and webhook sender, unless the config turns senders off; return what stops it."""
+    if not app.config["OUTBOX_WORKER"]:
+        return None
+    for channel, url in destinations(app.config).values():
+        shown_url(channel, url)  # before the first request needs it
+    return notify.start_sender(app, "outbox-channels", drain, wake, CHANNELS)
+
+
+def status(database, config: dict) -> list[dict]:
+    """Each alert address and the webhook, as the status page shows them, with their last success and failure."""
+    found = []
+    for key, (channel, url) in destinations(config).items():
+        label = "Phone alert" if channel == "alert" else "Webhook"
+        health = db.channel_health(database, channel, key)
+        found.append({"key": key, "channel": channel, "label": label, "shown": shown_url(channel, url), **health})
+    return found
+
+
+def reachable_problem(url: str) -> str | None:
+    """Why the webhook's host cannot be reached, or None when a TCP connection opens."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=WEBHOOK_TIMEOUT_SECONDS).close()
+    except OSError as error:
+        return f"WEBHOOK_URL {shown_url('webhook', url)} cannot be reached: {error}"
+    return None
+
+
+def problems(config: dict) -> list[str]:
+    """What stops alerts or webhooks from working, one line each (for `flask --app app check`)."""
+    found = []
+    for url in config["ALERT_URLS"]:
+        if apprise.Apprise.instantiate(url) is None:
+            found.append(f"ALERT_URLS: {shown_url('alert', url)}: check the address against Apprise's list")
+    if config["WEBHOOK_URL"]:
+        if not config["WEBHOOK_SECRET"]:
+            found.append("WEBHOOK_URL is set without WEBHOOK_SECRET: make one with `flask --app app webhook-secret`")
+        found.append(reachable_problem(config["WEBHOOK_URL"]))
+    return [line for line in found if line]
+
+
+def init_app(app: Flask) -> None:
+    """Register the webhook-secret command."""
+    app.cli.add_command(webhook_secret_command)
+
+
+@click.command("webhook-secret")
+def webhook_secret_command() -> None:
+    """Print a fresh WEBHOOK_SECRET (whsec_ and 32 random bytes in base64) for the site and the receiver."""
+    click.echo("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())
+
+
+def send_command_pass() -> int:
+    """Deliver every due alert and webhook event once (part of `flask outbox send`)."""
+    database = db.connect(current_app.config["DATABASE"])
+    try:
+        return drain(database, current_app.config)
+    finally:
+        database.close()

@@ -1,0 +1,528 @@
+"""Speed to lead: alerts through Apprise, the visitor's confirmation, the booking link, signed webhooks out."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from http.cookiejar import CookieJar
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from conftest import OWNER_PASSWORD, csrf_token, drain, free_port, post_lead, rows, sign_in
+from standardwebhooks import Webhook
+
+import channels
+import config
+import db
+from app import create_app
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+UTM = "/?utm_source=google&utm_medium=cpc&utm_campaign=spring"
+
+
+class Receiver:
+    """An HTTP server on loopback that records every request and answers from a script, then 200."""
+
+    def __init__(self, answers=()):
+        self.requests: list[dict] = []
+        self.answers = list(answers)
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+                receiver.requests.append(
+                    {"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body}
+                )
+                code = receiver.answers.pop(0) if receiver.answers else 200
+                self.send_response(code)
+                if 300 <= code < 400:
+                    self.send_header("Location", f"http://127.0.0.1:{self.server.server_port}/elsewhere")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_port
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, scheme: str = "http", path: str = "/hook") -> str:
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
+
+    def wait_for(self, count: int, timeout: float = 15) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while len(self.requests) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.requests
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    """Start receivers: receiver(answers=[500]) answers 500 once, then 200."""
+    started = []
+
+    def start(answers=()) -> Receiver:
+        started.append(Receiver(answers))
+        return started[-1]
+
+    yield start
+    for one in started:
+        one.stop()
+
+
+def send_channels(app, now: datetime | None = None) -> int:
+    """One pass of the alert and webhook sender, as its thread would run it."""
+    database = db.connect(app.config["DATABASE"])
+    try:
+        return channels.drain(database, app.config, now=now)
+    finally:
+        database.close()
+
+
+def later(seconds: float) -> datetime:
+    return datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+def signed_in(app):
+    """A test client of `app`, signed in as an owner made with `flask create-admin owner`."""
+    result = app.test_cli_runner().invoke(args=["create-admin", "owner"], input=OWNER_PASSWORD + "\n")
+    assert result.exit_code == 0
+    client = app.test_client()
+    assert sign_in(client).status_code == 303
+    return client
+
+
+def verified(secret: str, request: dict) -> dict:
+    """The event, once standardwebhooks has checked its signature (raises if it does not match)."""
+    return Webhook(secret).verify(request["body"], request["headers"])
+
+
+# Alerts
+
+
+def test_alert_reaches_the_receiver_once_per_lead_without_health_details(settings, receiver):
+    phone = receiver()
+    app = create_app({**settings, "ALERT_URLS": phone.url("json")})
+    client = app.test_client()
+    post_lead(client, name="Jane Doe", phone="(949) 510 6333", message="My immune system needs help.")
+    post_lead(client, name="Ann Lee", phone="(949) 510 7777", message="Back pain")
+    assert send_channels(app) == 2
+    assert send_channels(app, later(3600)) == 0
+    alerts = [json.loads(r["body"]) for r in phone.requests]
+    assert [a["message"] for a in alerts] == [
+        "New appointment request #1 — open it: https://clinic.example/admin/leads/1",
+        "New appointment request #2 — open it: https://clinic.example/admin/leads/2",
+    ]
+    for text in ("Jane", "Ann", "6333", "7777", "immune", "Back"):
+        assert text not in json.dumps(alerts)
+
+
+def test_alert_details_add_name_and_phone_but_never_the_message(settings, receiver):
+    phone = receiver()
+    app = create_app({**settings, "ALERT_URLS": phone.url("json"), "ALERT_DETAILS": True})
+    post_lead(app.test_client(), message="My immune system needs help.")
+    send_channels(app)
+    [alert] = [json.loads(r["body"]) for r in phone.requests]
+    assert "Jane Doe" in alert["message"] and "+19495106333" in alert["message"]
+    assert "immune" not in json.dumps(alert)
+
+
+def test_alert_answered_500_is_sent_again_then_never_more(settings, receiver):
+    phone = receiver(answers=[500])
+    app = create_app({**settings, "ALERT_URLS": phone.url("json")})
+    post_lead(app.test_client())
+    assert send_channels(app) == 0
+    [row] = rows(app, "SELECT * FROM outbox WHERE channel = 'alert'")
+    assert row["status"] == "pending" and "500" in row["last_error"]
+    assert send_channels(app, later(5)) == 1
+    assert send_channels(app, later(3600)) == 0
+    assert len(phone.requests) == 2
+    attempts = rows(app, "SELECT ok FROM email_attempts WHERE outbox_id = ?", [row["id"]])
+    assert [a["ok"] for a in attempts] == [0, 1]
+
+
+def test_every_alert_address_gets_its_own_alert(settings, receiver):
+    one, two = receiver(), receiver()
+    app = create_app({**settings, "ALERT_URLS": f"{one.url('json')}  {two.url('json')}"})
+    post_lead(app.test_client())
+    send_channels(app)
+    assert (len(one.requests), len(two.requests)) == (1, 1)
+
+
+def test_spam_sends_no_alert_webhook_or_confirmation(mail_settings, receiver, smtp):
+    phone, hook = receiver(), receiver()
+    app = create_app(
+        {
+            **mail_settings,
+            "ALERT_URLS": phone.url("json"),
+            "WEBHOOK_URL": hook.url(),
+            "WEBHOOK_SECRET": SECRET,
+            "AUTOREPLY": True,
+        }
+    )
+    post_lead(app.test_client(), website="http://spam.example")  # the honeypot
+    assert (send_channels(app), drain(app)) == (0, 0)
+    assert (phone.requests, hook.requests, smtp.envelopes) == ([], [], [])
+    assert rows(app, "SELECT status FROM leads") == [{"status": "spam"}]
+
+
+def test_mail_server_down_holds_back_no_alert_and_a_dead_alert_no_email(settings, receiver, smtp):
+    phone = receiver()
+    closed = free_port()
+    down_mail = create_app(
+        {
+            **settings,
+            "MAIL_SERVER": "127.0.0.1",
+            "MAIL_PORT": closed,
+            "MAIL_TIMEOUT": 2,
+            "ALERT_URLS": phone.url("json"),
+        }
+    )
+    post_lead(down_mail.test_client())
+    assert drain(down_mail) == 0
+    assert send_channels(down_mail) == 1
+    assert rows(down_mail, "SELECT channel, status FROM outbox ORDER BY id") == [
+        {"channel": "email", "status": "pending"},
+        {"channel": "alert", "status": "sent"},
+    ]
+
+    settings["DATA_DIR"] = settings["DATA_DIR"] + "/second"
+    dead_alert = create_app(
+        {**settings, "MAIL_SERVER": "127.0.0.1", "MAIL_PORT": smtp.port, "ALERT_URLS": f"json://127.0.0.1:{closed}/x"}
+    )
+    post_lead(dead_alert.test_client())
+    assert send_channels(dead_alert) == 0
+    assert drain(dead_alert) == 1
+    assert len(smtp.envelopes) == 1
+
+
+# The visitor's confirmation and the booking link
+
+
+@pytest.fixture
+def confirming(mail_settings):
+    mail_settings.update(AUTOREPLY=True, BOOKING_URL="https://booking.example/clinic?location=1&utm_source=site")
+    return mail_settings
+
+
+def confirmations(smtp) -> list:
+    return [m for m in smtp.messages if m["To"] != "owner@clinic.example"]
+
+
+def test_confirmation_reaches_the_visitor_with_phone_and_booking_link_and_none_of_their_words(confirming, smtp):
+    app = create_app(confirming)
+    post_lead(app.test_client(), UTM, name="Jane Doe", email="Jane@Example.com", message="My immune system")
+    assert drain(app) == 2
+    [mail] = confirmations(smtp)
+    assert mail["To"] == "jane@example.com"
+    assert mail["Reply-To"] == "owner@clinic.example"
+    text = mail.get_body(("plain",)).get_content()
+    html = mail.get_body(("html",)).get_content()
+    link = "https://booking.example/clinic?location=1&utm_source=site&utm_medium=cpc&utm_campaign=spring"
+    assert link in text and link.replace("&", "&amp;") in html and "Book online" in html
+    assert "949-510-6333" in text and "within one working day" in text
+    for words in ("Jane", "immune"):
+        assert words not in mail.as_string()
+
+
+def test_confirmation_goes_once_a_day_to_an_address_and_never_without_one(confirming, smtp):
+    app = create_app(confirming)
+    client = app.test_client()
+    post_lead(client, email="jane@example.com")
+    post_lead(client, email="JANE@example.com")
+    post_lead(client, email="", phone="(949) 510 6333")
+    assert drain(app) == 4  # three to the clinic, one to Jane
+    assert [m["To"] for m in confirmations(smtp)] == ["jane@example.com"]
+    database = db.connect(app.config["DATABASE"])
+    tomorrow = (datetime.now(UTC) + timedelta(days=1, minutes=1)).isoformat(timespec="seconds")
+    with app.test_request_context():
+        lead = {"id": 4, "email": "jane@example.com", "utm_source": "", "is_spam": 0}
+        assert channels.confirmation.rows(database, lead, app.config, tomorrow)
+    database.close()
+
+
+def test_confirmation_is_off_by_default(mail_settings, smtp):
+    app = create_app(mail_settings)
+    post_lead(app.test_client())
+    drain(app)
+    assert [m["To"] for m in smtp.messages] == ["owner@clinic.example"]
+
+
+def test_thanks_shows_the_booking_button_with_the_visits_campaign(settings):
+    app = create_app({**settings, "BOOKING_URL": "https://booking.example/book?utm_campaign=own"})
+    client = app.test_client()
+    html = client.get(post_lead(client, UTM).headers["Location"]).get_data(as_text=True)
+    assert 'href="https://booking.example/book?utm_campaign=own&amp;utm_source=google&amp;utm_medium=cpc"' in html
+    assert "Book online" in html
+    again = client.get("/thanks").get_data(as_text=True)  # the campaign left the session with the name
+    assert 'href="https://booking.example/book?utm_campaign=own"' in again
+
+
+def test_thanks_has_no_booking_button_without_booking_url(settings):
+    client = create_app(settings).test_client()
+    html = client.get(post_lead(client, UTM).headers["Location"]).get_data(as_text=True)
+    assert "Book online" not in html and "Thank you, Jane Doe!" in html
+
+
+def test_a_campaign_tag_that_is_not_one_stays_off_the_link(settings):
+    app = create_app({**settings, "BOOKING_URL": "https://booking.example/book"})
+    client = app.test_client()
+    html = client.get(post_lead(client, "/?utm_source=Call+555+now&utm_medium=cpc").headers["Location"]).get_data(
+        as_text=True
+    )
+    assert 'href="https://booking.example/book?utm_medium=cpc"' in html
+
+
+# Webhooks
+
+
+@pytest.fixture
+def hook(settings, receiver):
+    """A webhook receiver, set as WEBHOOK_URL; ask for it before `app` or `owner`."""
+    found = receiver()
+    settings.update(WEBHOOK_URL=found.url(), WEBHOOK_SECRET=SECRET)
+    return found
+
+
+def test_webhook_secret_command_prints_a_secret_the_site_and_the_library_accept(settings, receiver):
+    env = {**os.environ, "DATA_DIR": settings["DATA_DIR"], "SECRET_KEY": "x"}
+    flask = str(Path(sys.executable).with_name("flask"))
+    result = subprocess.run(
+        [flask, "--app", "app", "webhook-secret"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    secret = result.stdout.strip()
+    assert re.fullmatch(r"whsec_[A-Za-z0-9+/]{43}=", secret)
+    site = receiver()
+    app = create_app({**settings, "WEBHOOK_URL": site.url(), "WEBHOOK_SECRET": secret})
+    post_lead(app.test_client(), UTM)
+    send_channels(app)
+    event = verified(secret, site.requests[0])
+    assert event["type"] == "lead.created"
+
+
+def test_lead_created_carries_the_lead_signed_per_standard_webhooks(hook, app, client):
+    post_lead(client, UTM, message="Back pain")
+    assert send_channels(app) == 1
+    [request] = hook.requests
+    event = verified(SECRET, request)
+    assert set(request["headers"]) >= {"webhook-id", "webhook-timestamp", "webhook-signature"}
+    assert request["headers"]["webhook-signature"].startswith("v1,")
+    assert event["type"] == "lead.created"
+    assert set(event) == {"type", "timestamp", "data"}
+    assert set(event["data"]) == {
+        "id",
+        "name",
+        "email",
+        "phone",
+        "message",
+        "status",
+        "utm_source",
+        "utm_medium",
+        "utm_campaign",
+        "referrer",
+        "created_at",
+        "admin_url",
+    }
+    data = event["data"]
+    assert (data["id"], data["name"], data["phone"], data["message"], data["status"]) == (
+        1,
+        "Jane Doe",
+        "+19495106333",
+        "Back pain",
+        "new",
+    )
+    assert (data["utm_source"], data["utm_campaign"]) == ("google", "spring")
+    assert data["admin_url"] == "https://clinic.example/admin/leads/1"
+    with pytest.raises(Exception, match="signature"):
+        Webhook("whsec_" + "A" * 43 + "=").verify(request["body"], request["headers"])
+
+
+def test_status_change_and_note_send_lead_updated(hook, app, owner):
+    post_lead(owner)
+    send_channels(app)
+    page = owner.get("/admin/leads/1").get_data(as_text=True)
+    saved = owner.post("/admin/leads/1", data={"csrf_token": csrf_token(page), "status": "contacted", "note": "Called"})
+    assert saved.status_code == 303
+    assert send_channels(app) == 1
+    event = verified(SECRET, hook.requests[-1])
+    assert (event["type"], event["data"]["status"]) == ("lead.updated", "contacted")
+    owner.post("/admin/leads/1/spam", data={"csrf_token": csrf_token(page), "spam": "1"})
+    assert send_channels(app) == 0  # never for spam
+    assert len(hook.requests) == 2
+
+
+def test_webhook_answered_503_is_sent_again_under_one_id_then_never_again(settings, receiver, app, client):
+    site = receiver(answers=[503])
+    app = create_app({**settings, "WEBHOOK_URL": site.url(), "WEBHOOK_SECRET": SECRET})
+    post_lead(app.test_client())
+    assert send_channels(app) == 0
+    assert send_channels(app, later(5)) == 1
+    assert send_channels(app, later(3600)) == 0
+    first, second = site.requests
+    assert first["headers"]["webhook-id"] == second["headers"]["webhook-id"]
+    assert verified(SECRET, first) == verified(SECRET, second)
+
+
+@pytest.mark.parametrize("answer, reason", [(400, "answered 400"), (410, "answered 410"), (302, "not followed")])
+def test_webhook_refused_or_redirected_fails_for_good(settings, receiver, answer, reason):
+    site = receiver(answers=[answer])
+    app = create_app({**settings, "WEBHOOK_URL": site.url(), "WEBHOOK_SECRET": SECRET})
+    post_lead(app.test_client())
+    assert send_channels(app) == 0
+    assert send_channels(app, later(3600)) == 0
+    assert [r["path"] for r in site.requests] == ["/hook"]  # the redirect's /elsewhere is never asked
+    [row] = rows(app, "SELECT status, last_error FROM outbox WHERE channel = 'webhook'")
+    assert row["status"] == "failed" and reason in row["last_error"]
+
+
+def test_webhook_receiver_down_is_retried(settings):
+    app = create_app({**settings, "WEBHOOK_URL": f"http://127.0.0.1:{free_port()}/hook", "WEBHOOK_SECRET": SECRET})
+    post_lead(app.test_client())
+    assert send_channels(app) == 0
+    [row] = rows(app, "SELECT status, last_error FROM outbox WHERE channel = 'webhook'")
+    assert row["status"] == "pending" and "could not connect" in row["last_error"]
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [("WEBHOOK_SECRET", "not-a-secret"), ("WEBHOOK_URL", "ftp://x.example"), ("BOOKING_URL", "javascript:alert(1)")],
+)
+def test_bad_channel_settings_stop_start_up(name, value):
+    with pytest.raises(config.ConfigError, match=name):
+        config.finish_channels(
+            {"ALERT_URLS": "", "BOOKING_URL": None, "WEBHOOK_URL": None, "WEBHOOK_SECRET": None, name: value}
+        )
+
+
+# The owner sees every channel
+
+
+def test_status_page_lists_each_channel_masked_with_its_last_failure_and_a_test(settings, receiver, client):
+    phone, site = receiver(answers=[500]), receiver()
+    alert_url = f"json://owner:s3cretpass@127.0.0.1:{phone.port}/alerts"
+    settings.update(ALERT_URLS=alert_url, WEBHOOK_URL=site.url("http", "/hook/t0ken"), WEBHOOK_SECRET=SECRET)
+    app = create_app(settings)
+    owner = signed_in(app)
+    post_lead(owner)
+    send_channels(app)
+    html = owner.get("/admin/status").get_data(as_text=True)
+    assert f"json://owner:****@127.0.0.1:{phone.port}/alerts" in html
+    assert f"Webhook to http://127.0.0.1:{site.port}/…" in html
+    assert "s3cretpass" not in html and "t0ken" not in html
+    assert "error=500" in html
+    assert "Phone alerts are failing" in owner.get("/admin").get_data(as_text=True)
+    key = channels.target_key(alert_url)
+    queued = owner.post(f"/admin/status/test/{key}", data={"csrf_token": csrf_token(html)})
+    assert queued.status_code == 303
+    send_channels(app, later(5))
+    assert any("Test alert from the clinic website" in r["body"] for r in phone.requests)
+    html = owner.get("/admin/status").get_data(as_text=True)
+    assert "Last success: never" not in html.split("Phone alert to")[1].split("</li>")[0]
+    owner.post(
+        f"/admin/status/test/{channels.target_key(site.url('http', '/hook/t0ken'))}",
+        data={"csrf_token": csrf_token(html)},
+    )
+    send_channels(app, later(10))
+    assert verified(SECRET, site.requests[-1])["type"] == "webhook.test"
+    assert owner.post("/admin/status/test/nosuchkey", data={"csrf_token": csrf_token(html)}).status_code == 404
+
+
+def test_check_reports_a_webhook_without_secret_or_unreachable_and_an_unknown_alert_url(settings):
+    settings.update(WEBHOOK_URL=f"http://127.0.0.1:{free_port()}/hook", ALERT_URLS="nosuchservice://x")
+    app = create_app(settings)
+    output = app.test_cli_runner().invoke(args=["check"]).output
+    assert "WEBHOOK_URL is set without WEBHOOK_SECRET" in output
+    assert "cannot be reached" in output
+    assert "ALERT_URLS: nosuchservice://" in output
+
+
+# Through the real gunicorn
+
+
+def test_a_lead_over_http_reaches_every_channel(serve, smtp, receiver):
+    phone, site = receiver(), receiver()
+    server = serve(
+        {
+            "MAIL_SERVER": "127.0.0.1",
+            "MAIL_PORT": str(smtp.port),
+            "ALERT_URLS": phone.url("json"),
+            "ALERT_DETAILS": "true",
+            "WEBHOOK_URL": site.url(),
+            "WEBHOOK_SECRET": SECRET,
+            "AUTOREPLY": "true",
+            "BOOKING_URL": "https://booking.example/book",
+            "CONTACT_RATE_LIMIT": "1000 per minute",
+        }
+    )
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+    page = opener.open(server.url + UTM).read().decode()
+    fields = dict(re.findall(r'<input id="\w+" name="(\w+)" type="hidden" value="([^"]*)"', page))
+    fields.update(name="Jane Doe", phone="949 510 6333", email="jane@example.com", message="Hello")
+    response = opener.open(server.url + "/contact", data=urllib.parse.urlencode(fields).encode())
+    assert "https://booking.example/book?utm_source=google&amp;utm_medium=cpc&amp;utm_campaign=spring" in (
+        response.read().decode()
+    )
+    assert len(phone.wait_for(1)) == 1 and len(site.wait_for(1)) == 1
+    assert "Jane Doe" in json.loads(phone.requests[0]["body"])["message"]
+    assert verified(SECRET, site.requests[0])["data"]["email"] == "jane@example.com"
+    mails = smtp.wait_for(2)
+    assert sorted(m["To"] for m in mails) == ["frontdesk@acupuncturehalls.example", "jane@example.com"]
+    time.sleep(1)  # a second delivery would have come by now
+    assert (len(phone.requests), len(site.requests), len(smtp.envelopes)) == (1, 1, 2)
+
+
+def test_privacy_page_says_what_alerts_and_webhooks_carry(settings):
+    plain = create_app(settings).test_client().get("/privacy").get_data(as_text=True)
+    assert "messaging service" not in plain and "booking and contact tools" not in plain
+    settings.update(ALERT_URLS="ntfys://topic", ALERT_DETAILS=True, WEBHOOK_URL="https://hooks.example/x")
+    html = create_app(settings).test_client().get("/privacy").get_data(as_text=True)
+    assert "only your name and phone number" in html and "booking and contact tools" in html
+
+
+def test_a_failed_webhook_sent_again_keeps_its_webhook_id(settings, receiver):
+    site = receiver(answers=[400])
+    app = create_app({**settings, "WEBHOOK_URL": site.url(), "WEBHOOK_SECRET": SECRET})
+    client = signed_in(app)
+    post_lead(client)
+    send_channels(app)
+    [row] = rows(app, "SELECT id FROM outbox WHERE channel = 'webhook'")
+    html = client.get("/admin/leads/1").get_data(as_text=True)
+    assert "Webhook lead.created" in html and "answered 400" in html
+    client.post(f"/admin/emails/{row['id']}/resend", data={"csrf_token": csrf_token(html)})
+    assert send_channels(app) == 1
+    first, second = site.requests
+    assert first["headers"]["webhook-id"] == second["headers"]["webhook-id"]
+
+
+def test_outbox_send_command_delivers_due_alerts_too(settings, receiver):
+    phone = receiver()
+    app = create_app({**settings, "ALERT_URLS": phone.url("json")})
+    post_lead(app.test_client())
+    result = app.test_cli_runner().invoke(args=["outbox", "send", "--to-files"])
+    assert "1 alert(s) and webhook event(s) delivered" in result.output and "1 email(s) sent" in result.output
+    assert len(phone.requests) == 1
+
+
+def test_lead_event_carries_the_landing_page_when_leads_have_one(settings):
+    app = create_app({**settings, "WEBHOOK_URL": "https://hooks.example/x", "WEBHOOK_SECRET": SECRET})
+    lead = {"id": 3, "name": "Jane Doe", "status": "new", "created_at": "2026-11-29T10:00:00+00:00"}
+    [row] = channels.lead_event("lead.created", {**lead, "landing_page": "/articles/migraine"}, app.config, "now")
+    assert json.loads(row["body_text"])["data"]["landing_page"] == "/articles/migraine"
+    [row] = channels.lead_event("lead.created", lead, app.config, "now")
+    assert "landing_page" not in json.loads(row["body_text"])["data"]
