@@ -2,6 +2,7 @@
 
 import logging
 import sqlite3
+import threading
 import time
 from datetime import datetime
 from urllib.parse import urlsplit
@@ -77,10 +78,13 @@ def start_background(app: Flask) -> None:
 
 def stop_background(app: Flask) -> None:
     """Stop the background threads after what they are doing, waiting a bounded time (gunicorn's worker_exit hook)."""
-    for name in ("outbox_stop", "channels_stop"):
-        stop_sender = app.extensions.pop(name, None)
-        if stop_sender is not None:
-            stop_sender()
+    # Both senders finish their current attempt at once, so the worker waits for the slower, not the sum.
+    stoppers = [app.extensions.pop(name, None) for name in ("outbox_stop", "channels_stop")]
+    waits = [threading.Thread(target=stop) for stop in stoppers if stop is not None]
+    for wait in waits:
+        wait.start()
+    for wait in waits:
+        wait.join()
     stop_housekeeping = app.extensions.pop("housekeeping_stop", None)
     if stop_housekeeping is not None:
         stop_housekeeping.set()
