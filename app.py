@@ -30,6 +30,7 @@ import housekeeping
 import notify
 import readiness
 import serving
+import visits
 from extensions import csrf, limiter
 from forms import LeadForm, new_form_token, read_form_token, visit_fields
 
@@ -66,10 +67,14 @@ def start_background(app: Flask) -> None:
     app.extensions["outbox_stop"] = notify.start_worker(app)
     app.extensions["server_lock"] = backups.hold_server_lock(app.config)  # `restore` refuses while held
     app.extensions["housekeeping_stop"] = housekeeping.start(app)
+    app.extensions["visits_stop"] = visits.start(app)
 
 
 def stop_background(app: Flask) -> None:
     """Stop the background threads after what they are doing, waiting a bounded time (gunicorn's worker_exit hook)."""
+    stop_visits = app.extensions.pop("visits_stop", None)
+    if stop_visits is not None:
+        stop_visits()  # writes the counts gathered since the last write
     stop_outbox = app.extensions.pop("outbox_stop", None)
     if stop_outbox is not None:
         stop_outbox()

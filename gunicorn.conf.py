@@ -25,6 +25,13 @@ limit_request_field_size = 8190
 client_timeout = float(os.environ.get("CLIENT_TIMEOUT", "10"))
 
 
+def on_starting(server):
+    """Make the visitor table the workers share before they are forked (see visits.py); it is never on disk."""
+    import visits
+
+    visits.share_across_workers()
+
+
 def when_ready(server):
     """Give every accepted connection read and write timeouts (accepted sockets inherit them)."""
     seconds, micros = int(client_timeout), int((client_timeout % 1) * 1_000_000)
