@@ -41,16 +41,23 @@ def when_ready(server):
         listener.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
 
+def site_of(worker):
+    """The worker's Flask app; None for a worker that never loaded it, or bench/baseline.py's bare WSGI app."""
+    app = getattr(worker, "wsgi", None)
+    return app if hasattr(app, "extensions") else None
+
+
 def post_worker_init(worker):
-    """Each worker, once it has loaded the app, starts its background threads (email sender)."""
+    """Each worker, once it has loaded the app, starts its background threads (email sender, visit counts)."""
     from app import start_background
 
-    start_background(worker.wsgi)
+    if site_of(worker) is not None:
+        start_background(worker.wsgi)
 
 
 def worker_exit(server, worker):
-    """A worker that shuts down stops its background threads after their current step."""
+    """A worker that shuts down stops its background threads after their current step (and writes its counts)."""
     from app import stop_background
 
-    if getattr(worker, "wsgi", None) is not None:  # the arbiter also calls this for a worker that never loaded
+    if site_of(worker) is not None:
         stop_background(worker.wsgi)

@@ -78,6 +78,7 @@ SHORT_NAMES = {
 HEADER = struct.Struct("<q32sq")
 SLOTS = 1 << 18  # 2 MB; up to 3/4 of it (196,608 visitors a day) is filled, then visitors count without it
 LOCK_WAIT_SECONDS = 0.05
+LOCK_FAILURES_MAX = 20  # waits in a row that time out: the lock's holder died holding it
 SHARED = None  # the server's VisitorTable, made in gunicorn's master by share_across_workers()
 CRAWLERS = CrawlerDetect()
 clock = time.time  # the moment of a visit (tests move it to the next day)
@@ -91,14 +92,11 @@ class VisitorTable:
         self.memory = mmap.mmap(-1, HEADER.size + 8 * slots)  # MAP_SHARED | MAP_ANONYMOUS
         self.hashes = memoryview(self.memory)[HEADER.size :].cast("Q")
         self.lock = multiprocessing.Lock()  # a semaphore every forked worker shares
-        self.stuck = False
+        self.failures = 0
 
     def add(self, day: int, address: str, agent: str) -> bool:
         """Remember this visitor for `day` (an ordinal); whether they are new today."""
-        if self.stuck or not self.lock.acquire(timeout=LOCK_WAIT_SECONDS):
-            if not self.stuck:
-                self.stuck = True  # a worker died holding the lock: count page views only from now on
-                log.error("the visitor table's lock is held too long; counting page views only until a restart")
+        if not self.locked():
             return False
         try:
             stored_day, salt, used = HEADER.unpack_from(self.memory)
@@ -121,6 +119,18 @@ class VisitorTable:
         finally:
             self.lock.release()
 
+    def locked(self) -> bool:
+        """Take the lock; False after a wait too long (a busy machine), and for good once a holder seems dead."""
+        if self.failures >= LOCK_FAILURES_MAX:
+            return False
+        if self.lock.acquire(timeout=LOCK_WAIT_SECONDS):
+            self.failures = 0
+            return True
+        self.failures += 1
+        if self.failures == LOCK_FAILURES_MAX:
+            log.error("the visitor table's lock is held too long; counting page views only until a restart")
+        return False
+
     def start_day(self, day: int) -> tuple[bytes, int]:
         """Forget the last day's salt and hashes and draw a new salt (call holding the lock)."""
         salt = os.urandom(32)
@@ -130,7 +140,7 @@ class VisitorTable:
 
     def forget_before(self, day: int) -> None:
         """Wipe a salt and hashes older than `day`, so they are gone soon after their midnight."""
-        if self.stuck or not self.lock.acquire(timeout=LOCK_WAIT_SECONDS):
+        if not self.locked():
             return
         try:
             stored_day = HEADER.unpack_from(self.memory)[0]

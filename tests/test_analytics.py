@@ -250,6 +250,16 @@ def test_the_csv_has_the_columns_and_days_asked_for_and_is_formula_safe(owner_ap
     assert "Visitors per day: 2" in page
 
 
+def test_the_privacy_page_says_what_is_counted_and_that_nothing_identifies_a_visitor(client):
+    response = client.get("/privacy")
+    page = response.get_data(as_text=True)
+    assert "What we count when you visit" in page
+    assert "cannot be traced back to you" in page
+    assert "Nothing is stored on your device for this: no cookie, no script." in page
+    assert "Global Privacy Control or Do Not Track" in page
+    assert "Set-Cookie" not in response.headers
+
+
 def test_a_days_salt_and_visitors_are_wiped_after_it():
     table = visits.VisitorTable(slots=64)
     assert table.add(740000, "127.0.0.2", FIREFOX) is True
