@@ -174,8 +174,8 @@ def test_a_lead_from_a_campaign_is_a_request_of_that_campaign_and_booked_when_ma
 
     owner = signed_in(app)
     page = owner.get("/admin/analytics").get_data(as_text=True)
-    line = re.search(r"<tr><th scope=\"row\">facebook</th>(.*?)</tr>", page)[1]
-    assert re.findall(r"<td>([^<]*)</td>", line) == ["spring", "3", "3", "1", "0", "33.3 %"]
+    line = re.search(r"<tr><th scope=\"row\">facebook <span class=\"campaign\">spring</span></th>(.*?)</tr>", page)[1]
+    assert re.findall(r"<td>([^<]*)</td>", line) == ["3", "3", "1", "0", "33.3 %"]
     funnel = dict(re.findall(r"<dt>([^<]+)</dt><dd>([^<]+)</dd>", page))
     assert funnel == {
         "Visitors": "4",
@@ -190,8 +190,8 @@ def test_a_lead_from_a_campaign_is_a_request_of_that_campaign_and_booked_when_ma
     token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', form)[1]
     assert owner.post(f"/admin/leads/{lead_id}", data={"status": "booked", "csrf_token": token}).status_code == 303
     page = owner.get("/admin/analytics?from=2000-01-01").get_data(as_text=True)
-    line = re.search(r"<tr><th scope=\"row\">facebook</th>(.*?)</tr>", page)[1]
-    assert re.findall(r"<td>([^<]*)</td>", line) == ["spring", "3", "3", "1", "1", "33.3 %"]
+    line = re.search(r"<tr><th scope=\"row\">facebook <span class=\"campaign\">spring</span></th>(.*?)</tr>", page)[1]
+    assert re.findall(r"<td>([^<]*)</td>", line) == ["3", "3", "1", "1", "33.3 %"]
     exported = [r for r in csv_rows(owner.get("/admin/analytics.csv")) if r["source"] == "facebook"]
     assert exported == [
         {
