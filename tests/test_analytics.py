@@ -326,3 +326,21 @@ def test_a_day_under_gunicorn_survives_a_restart_and_leaves_no_address_or_agent_
         content = path.read_bytes()
         for secret in secrets:
             assert secret not in content, f"{secret!r} in {path.name}"
+
+
+def test_the_table_sorts_by_any_column(owner_app):
+    app = owner_app
+    for n, source in enumerate(["bing", "bing", "bing", "adwords", "adwords", "zeta"]):
+        visit(app, f"/?utm_source={source}", address=f"127.0.0.{n + 3}")
+    owner = signed_in(app)
+
+    def order(query: str) -> list[str]:
+        page = owner.get("/admin/analytics" + query).get_data(as_text=True)
+        return re.findall(r'<th scope="row">([^<]+)</th>', page)
+
+    assert order("") == ["bing", "adwords", "zeta"]  # most visitors first
+    assert order("?sort=visitors&order=asc") == ["zeta", "adwords", "bing"]
+    assert order("?sort=source&order=asc") == ["adwords", "bing", "zeta"]
+    assert order("?sort=nonsense") == ["bing", "adwords", "zeta"]
+    page = owner.get("/admin/analytics?sort=source&order=asc").get_data(as_text=True)
+    assert 'href="/admin/analytics?sort=source&amp;order=desc' in page  # its heading now sorts the other way
