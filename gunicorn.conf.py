@@ -29,7 +29,7 @@ def on_starting(server):
     """Make the visitor table the workers share before they are forked (see visits.py); it is never on disk."""
     import visits
 
-    visits.share_across_workers()
+    visits.share_across_workers(server.cfg.workers)
 
 
 def when_ready(server):

@@ -74,11 +74,13 @@ SHORT_NAMES = {
     "search.brave.com": "brave",
 }
 
-# The shared mapping: a header (day, salt, slots used), then an open-addressing set of 64-bit hashes.
-HEADER = struct.Struct("<q32sq")
-SLOTS = 1 << 18  # 2 MB; up to 3/4 of it (196,608 visitors a day) is filled, then visitors count without it
-LOCK_WAIT_SECONDS = 0.05
-LOCK_FAILURES_MAX = 20  # waits in a row that time out: the lock's holder died holding it
+# The shared mapping: a header (day, salt), then one region per worker: (owner pid, slots used) and an
+# open-addressing set of 64-bit hashes. Each worker writes only its own region and reads them all, so the
+# request path takes no lock another process could hold; the lock is for a new day's salt and claiming.
+HEADER = struct.Struct("<q32s")
+REGION_HEADER = struct.Struct("<qq")
+SLOTS = 1 << 17  # 1 MB a region; up to 3/4 filled (98,304 visitors a worker a day), then visitors count without it
+LOCK_WAIT_SECONDS = 1.0
 SHARED = None  # the server's VisitorTable, made in gunicorn's master by share_across_workers()
 CRAWLERS = CrawlerDetect()
 clock = time.time  # the moment of a visit (tests move it to the next day)
@@ -87,60 +89,98 @@ clock = time.time  # the moment of a visit (tests move it to the next day)
 class VisitorTable:
     """The day's salt and visitor hashes, in anonymous memory that forked workers share and no file holds."""
 
-    def __init__(self, slots: int = SLOTS):
+    def __init__(self, regions: int = 1, slots: int = SLOTS):
         self.slots = slots
-        self.memory = mmap.mmap(-1, HEADER.size + 8 * slots)  # MAP_SHARED | MAP_ANONYMOUS
-        self.hashes = memoryview(self.memory)[HEADER.size :].cast("Q")
-        self.lock = multiprocessing.Lock()  # a semaphore every forked worker shares
-        self.failures = 0
+        self.region_bytes = REGION_HEADER.size + 8 * slots
+        self.memory = mmap.mmap(-1, HEADER.size + regions * self.region_bytes)  # MAP_SHARED | MAP_ANONYMOUS
+        self.starts = [HEADER.size + i * self.region_bytes for i in range(regions)]
+        whole = memoryview(self.memory)
+        size = self.region_bytes
+        self.regions = [whole[start + REGION_HEADER.size : start + size].cast("Q") for start in self.starts]
+        self.lock = multiprocessing.Lock()  # a semaphore every forked worker shares, for the rare steps only
+        self.own: tuple[int, int] | None = None  # (pid, region) this process writes
+        self.insert_lock = threading.Lock()
+        self.day, self.salt = 0, b""  # this process's copy of the day's salt
+        self.refused_day = 0  # a day the lock or a region could not be had: page views only, no more waits
 
     def add(self, day: int, address: str, agent: str) -> bool:
-        """Remember this visitor for `day` (an ordinal); whether they are new today."""
-        if not self.locked():
+        """Remember this visitor for `day` (an ordinal); whether they are new today (in any worker)."""
+        if day != self.day and (day == self.refused_day or not self.enter_day(day)):
             return False
-        try:
-            stored_day, salt, used = HEADER.unpack_from(self.memory)
-            if stored_day != day:
-                if day < stored_day:
-                    return False  # a request from just before midnight, answered after it
-                salt, used = self.start_day(day)
-            digest = hashlib.blake2b(f"{address}\n{agent}".encode(), key=salt, digest_size=8).digest()
-            value = int.from_bytes(digest, "little") or 1  # 0 marks an empty slot
-            mask = self.slots - 1
-            slot = value & mask
-            while self.hashes[slot]:
-                if self.hashes[slot] == value:
+        digest = hashlib.blake2b(f"{address}\n{agent}".encode(), key=self.salt, digest_size=8).digest()
+        value = int.from_bytes(digest, "little") or 1  # 0 marks an empty slot
+        mask, first = self.slots - 1, value & (self.slots - 1)
+        for hashes in self.regions:  # without a lock: a worker's insert is one aligned 8-byte write
+            slot = first
+            while current := hashes[slot]:
+                if current == value:
                     return False
                 slot = (slot + 1) & mask
+        with self.insert_lock:  # this process's threads take turns writing its region
+            own = self.own[1]
+            found, slot = self.find(self.regions[own], value)
+            if found:
+                return False
+            used = REGION_HEADER.unpack_from(self.memory, self.starts[own])[1]
             if used < self.slots * 3 // 4:
-                self.hashes[slot] = value
-                HEADER.pack_into(self.memory, 0, day, salt, used + 1)
+                self.regions[own][slot] = value
+                REGION_HEADER.pack_into(self.memory, self.starts[own], os.getpid(), used + 1)
+        return True
+
+    def find(self, hashes: memoryview, value: int) -> tuple[bool, int]:
+        """Whether `value` is in one region's set, and the slot where it is or would go."""
+        mask = self.slots - 1
+        slot = value & mask
+        while hashes[slot]:
+            if hashes[slot] == value:
+                return True, slot
+            slot = (slot + 1) & mask
+        return False, slot
+
+    def enter_day(self, day: int) -> bool:
+        """Take `day`'s salt, drawing it if this is the first worker there, and this process's region."""
+        if not self.lock.acquire(timeout=LOCK_WAIT_SECONDS):
+            log.error("the visitor table's lock is held too long; this worker counts page views only today")
+            self.refused_day = day
+            return False
+        try:
+            stored_day, salt = HEADER.unpack_from(self.memory)
+            if day < stored_day:
+                return False  # a request from just before midnight, answered after it
+            if day > stored_day:
+                self.memory[:] = bytes(len(self.memory))  # the last day's salt and hashes are gone
+                salt = os.urandom(32)
+                HEADER.pack_into(self.memory, 0, day, salt)
+            if not self.claim_region():
+                self.refused_day = day
+                return False
+            self.day, self.salt = day, salt
             return True
         finally:
             self.lock.release()
 
-    def locked(self) -> bool:
-        """Take the lock; False after a wait too long (a busy machine), and for good once a holder seems dead."""
-        if self.failures >= LOCK_FAILURES_MAX:
-            return False
-        if self.lock.acquire(timeout=LOCK_WAIT_SECONDS):
-            self.failures = 0
+    def claim_region(self) -> bool:
+        """Find this process's region, or take a free one or a dead worker's (call holding the lock)."""
+        pid = os.getpid()
+        owners = [REGION_HEADER.unpack_from(self.memory, start)[0] for start in self.starts]
+        if pid in owners:
+            self.own = (pid, owners.index(pid))
             return True
-        self.failures += 1
-        if self.failures == LOCK_FAILURES_MAX:
-            log.error("the visitor table's lock is held too long; counting page views only until a restart")
+        for i, owner in enumerate(owners):
+            if owner == 0 or not process_alive(owner):
+                start = self.starts[i]
+                self.memory[start : start + self.region_bytes] = bytes(self.region_bytes)
+                REGION_HEADER.pack_into(self.memory, start, pid, 0)
+                self.own = (pid, i)
+                return True
+        log.error("no free region in the visitor table; this worker counts page views only today")
         return False
-
-    def start_day(self, day: int) -> tuple[bytes, int]:
-        """Forget the last day's salt and hashes and draw a new salt (call holding the lock)."""
-        salt = os.urandom(32)
-        self.memory[HEADER.size :] = bytes(8 * self.slots)
-        HEADER.pack_into(self.memory, 0, day, salt, 0)
-        return salt, 0
 
     def forget_before(self, day: int) -> None:
         """Wipe a salt and hashes older than `day`, so they are gone soon after their midnight."""
-        if not self.locked():
+        if self.day < day:
+            self.day, self.salt = 0, b""  # this process's copy
+        if not self.lock.acquire(timeout=LOCK_WAIT_SECONDS):
             return
         try:
             stored_day = HEADER.unpack_from(self.memory)[0]
@@ -150,10 +190,24 @@ class VisitorTable:
             self.lock.release()
 
 
-def share_across_workers() -> None:
-    """Make the server's visitor table before gunicorn forks its workers (its on_starting hook)."""
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id still runs."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def share_across_workers(workers: int) -> None:
+    """Make the server's visitor table before gunicorn forks its workers (its on_starting hook).
+
+    Two regions more than workers, for workers started while a dead one's region is not yet reclaimed.
+    """
     global SHARED
-    SHARED = VisitorTable()
+    SHARED = VisitorTable(regions=workers + 2)
 
 
 def host_of(url: str) -> str:

@@ -261,7 +261,7 @@ def test_the_privacy_page_says_what_is_counted_and_that_nothing_identifies_a_vis
 
 
 def test_a_days_salt_and_visitors_are_wiped_after_it():
-    table = visits.VisitorTable(slots=64)
+    table = visits.VisitorTable(regions=2, slots=64)
     assert table.add(740000, "127.0.0.2", FIREFOX) is True
     assert table.add(740000, "127.0.0.2", FIREFOX) is False
     assert any(table.memory[:])
