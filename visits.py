@@ -168,9 +168,9 @@ class VisitorTable:
             return True
         for i, owner in enumerate(owners):
             if owner == 0 or not process_alive(owner):
-                start = self.starts[i]
-                self.memory[start : start + self.region_bytes] = bytes(self.region_bytes)
-                REGION_HEADER.pack_into(self.memory, start, pid, 0)
+                # A dead worker's visitors stay: the worker that takes its place goes on from them.
+                used = REGION_HEADER.unpack_from(self.memory, self.starts[i])[1]
+                REGION_HEADER.pack_into(self.memory, self.starts[i], pid, used)
                 self.own = (pid, i)
                 return True
         log.error("no free region in the visitor table; this worker counts page views only today")

@@ -270,6 +270,28 @@ def test_a_days_salt_and_visitors_are_wiped_after_it():
     assert table.add(740001, "127.0.0.2", FIREFOX) is True
 
 
+def in_child(work) -> int:
+    """Run `work` in a forked process, as a gunicorn worker is forked; its result (0-255) once it has exited."""
+    import os
+
+    pid = os.fork()
+    if pid == 0:
+        os._exit(work())
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_workers_share_the_days_visitors_and_a_new_worker_takes_over_a_dead_ones():
+    table = visits.VisitorTable(regions=2, slots=64)  # made before the fork, as gunicorn's master does
+    day = 740000
+    assert table.add(day, "127.0.0.2", FIREFOX) is True  # this process takes a region
+    assert in_child(lambda: table.add(day, "127.0.0.2", FIREFOX)) == 0  # seen by the other worker
+    assert in_child(lambda: table.add(day, "127.0.0.3", FIREFOX)) == 1  # new: the child's region
+    assert table.add(day, "127.0.0.3", FIREFOX) is False  # the child that died counted it
+    # Both regions are taken, one by a dead worker: its successor takes it over, visitors and all.
+    assert in_child(lambda: table.add(day, "127.0.0.3", FIREFOX) * 10 + table.add(day, "127.0.0.4", FIREFOX)) == 1
+    assert table.add(day, "127.0.0.4", FIREFOX) is False
+
+
 def get(port: int, path: str, address: str, agent: str, **headers) -> int:
     """A GET on a new connection from `address`, as a new browser would send it; the status."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(address, 0))
