@@ -34,6 +34,7 @@ import housekeeping
 import notify
 import readiness
 import serving
+import visits
 from extensions import csrf, limiter, mail
 from forms import LeadForm, new_form_token, read_form_token, visit_fields
 
@@ -74,10 +75,14 @@ def start_background(app: Flask) -> None:
     app.extensions["channels_stop"] = channels.start_worker(app)
     app.extensions["server_lock"] = backups.hold_server_lock(app.config)  # `restore` refuses while held
     app.extensions["housekeeping_stop"] = housekeeping.start(app)
+    app.extensions["visits_stop"] = visits.start(app)
 
 
 def stop_background(app: Flask) -> None:
     """Stop the background threads after what they are doing, waiting a bounded time (gunicorn's worker_exit hook)."""
+    stop_visits = app.extensions.pop("visits_stop", None)
+    if stop_visits is not None:
+        stop_visits()  # writes the counts gathered since the last write
     # Both senders finish their current attempt at once, so the worker waits for the slower, not the sum.
     stoppers = [app.extensions.pop(name, None) for name in ("outbox_stop", "channels_stop")]
     waits = [threading.Thread(target=stop) for stop in stoppers if stop is not None]

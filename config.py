@@ -51,6 +51,7 @@ SETTINGS: dict[str, tuple[object, type]] = {
     "OUTBOX_POLL_SECONDS": (5.0, float),
     "OUTBOX_STALE_SECONDS": (120.0, float),
     "TRUSTED_PROXIES": (0, int),
+    "ANALYTICS": (True, bool),
     "HTTPS": (None, bool),  # unset: on when SITE_URL is https
     "ADMIN_IDLE_MINUTES": (30, int),
     "ADMIN_SESSION_HOURS": (12, int),

@@ -1046,3 +1046,51 @@ def channel_health(db: Database, channel: str, target: str | None = None) -> dic
         "last_error": failures[0]["error"] if failures else None,
         "troubled": troubled["n"],
     }
+
+
+# Analytics: visits per day, page and source (no address, user agent or hash is ever stored)
+
+VISIT_KEY = ("day", "page", "source", "medium", "campaign")
+
+
+@migrations()
+def m010_analytics(db: Database) -> None:
+    """Page views and unique visitors per day (the clinic's calendar), page and source."""
+    db.table("visit_counts").create(
+        {"day": str, "page": str, "source": str, "medium": str, "campaign": str, "page_views": int, "visitors": int},
+        pk=VISIT_KEY,
+        not_null={*VISIT_KEY, "page_views", "visitors"},
+        defaults={"medium": "", "campaign": "", "page_views": 0, "visitors": 0},
+    )
+
+
+def add_visit_counts(db: Database, rows: list[tuple]) -> None:
+    """Add (day, page, source, medium, campaign, page_views, visitors) counts to what is stored, in one transaction."""
+    with write(db):
+        db.conn.executemany(
+            "INSERT INTO visit_counts (day, page, source, medium, campaign, page_views, visitors)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (day, page, source, medium, campaign) DO UPDATE SET"
+            " page_views = page_views + excluded.page_views, visitors = visitors + excluded.visitors",
+            rows,
+        )
+
+
+def visit_counts(db: Database, first_day: str, last_day: str) -> list[dict]:
+    """The stored counts from `first_day` to `last_day` (ISO dates, both included)."""
+    return list(
+        db.query(
+            "SELECT * FROM visit_counts WHERE day BETWEEN ? AND ? ORDER BY day, page, source, medium, campaign",
+            [first_day, last_day],
+        )
+    )
+
+
+def leads_for_analytics(db: Database, since: str, until: str) -> list[dict]:
+    """Time, status, utm tags, referrer and page of the leads that are not spam, received in [since, until)."""
+    return list(
+        db.query(
+            "SELECT created_at, status, utm_source, utm_medium, utm_campaign, referrer, landing_page FROM leads"
+            " WHERE created_at >= ? AND created_at < ? AND status != 'spam' ORDER BY created_at",
+            [since, until],
+        )
+    )

@@ -26,12 +26,15 @@ client_timeout = float(os.environ.get("CLIENT_TIMEOUT", "10"))
 
 
 def on_starting(server):
-    """Read the settings and the articles in the master before any worker starts, so a mistake in either
-    stops gunicorn with its message (a worker that fails to load the app would be restarted over and over)."""
+    """Before any worker starts: read the settings and the articles, so a mistake in either stops gunicorn
+    with its message (a worker that fails to load the app would be restarted over and over); and make the
+    visitor table the workers share (see visits.py; it is never on disk)."""
     import articles
     import config
+    import visits
 
     articles.load_for(config.from_env())
+    visits.share_across_workers(server.cfg.workers)
 
 
 def when_ready(server):
@@ -43,18 +46,23 @@ def when_ready(server):
         listener.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
 
+def site_of(worker):
+    """The worker's Flask app; None for a worker that never loaded it, or bench/baseline.py's bare WSGI app."""
+    app = getattr(worker, "wsgi", None)
+    return app if hasattr(app, "extensions") else None
+
+
 def post_worker_init(worker):
-    """Each worker, once it has loaded the app, starts its background threads (email sender)."""
+    """Each worker, once it has loaded the app, starts its background threads (email sender, visit counts)."""
     from app import start_background
 
-    if hasattr(worker.wsgi, "extensions"):  # the site, not bench/baseline.py's bare WSGI function
+    if site_of(worker) is not None:
         start_background(worker.wsgi)
 
 
 def worker_exit(server, worker):
-    """A worker that shuts down stops its background threads after their current step."""
+    """A worker that shuts down stops its background threads after their current step (and writes its counts)."""
     from app import stop_background
 
-    # The arbiter also calls this for a worker that never loaded; bench/baseline.py serves no Flask app.
-    if hasattr(getattr(worker, "wsgi", None), "extensions"):
+    if site_of(worker) is not None:
         stop_background(worker.wsgi)

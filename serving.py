@@ -18,6 +18,7 @@ from werkzeug.http import dump_cookie
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.security import safe_join
 
+import visits
 from forms import visit_fields
 
 log = logging.getLogger("clinic.request")
@@ -42,7 +43,8 @@ def init_app(app: Flask) -> None:
         # The visitor's address and scheme only: the Host the visitor sent stays the host (a forged
         # X-Forwarded-Host could otherwise pass flask-wtf's same-origin Referer check).
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=0, x_port=0)
-    app.wsgi_app = with_headers(app.wsgi_app, list(security_headers(app.config["HTTPS"]).items()))
+    headers = list(security_headers(app.config["HTTPS"]).items())
+    app.wsgi_app = with_headers(app.wsgi_app, headers, visits.init_app(app))
     app.after_request(finish_response)
     app.view_functions["static"] = send_static
     keep_log_records_on_one_line()
@@ -64,13 +66,21 @@ def security_headers(https: bool) -> dict[str, str]:
     return headers
 
 
-def with_headers(wsgi_app, headers: list[tuple[str, str]]):
-    """Wrap a WSGI app so every response it sends, errors and static files included, carries `headers`."""
+def with_headers(wsgi_app, headers: list[tuple[str, str]], count=None):
+    """Wrap a WSGI app so every response it sends, errors and static files included, carries `headers`.
+
+    `count` (visits.Counter), when given, sees every 200 answer, Flask's and the first-visit path's alike.
+    """
 
     def app(environ, start_response):
         environ["clinic.started"] = time.perf_counter()
 
         def start(status, response_headers, exc_info=None):
+            if count is not None and status.startswith("200"):
+                try:
+                    count(environ, response_headers)
+                except Exception:  # a visit not counted must never cost the visitor their page
+                    log.exception("could not count a visit")
             response_headers.extend(headers)
             return start_response(status, response_headers, exc_info)
 

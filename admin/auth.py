@@ -28,7 +28,7 @@ from extensions import client_address, limiter
 from forms import LoginForm
 
 OPEN_ENDPOINTS = {"admin.login"}
-DATA_ENDPOINTS = {"admin.export_csv"}  # answer 401 rather than a redirect to a page
+DATA_ENDPOINTS = {"admin.export_csv", "admin.analytics_csv"}  # answer 401 rather than a redirect to a page
 ADDRESS_FAILURE_FACTOR = 4  # an address may fail this many times more than one account
 DEVICE_MAX_FAILURES = 3  # a browser that signed in before may fail this often (at most LOGIN_MAX_FAILURES)
 # Each password check takes about 0.1 s of CPU and 32 MiB (scrypt): a couple at once per process at most.

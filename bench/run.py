@@ -4,6 +4,10 @@
 
 1. GET / with wrk, beside bench/baseline.py (a bare WSGI app returning the same bytes) under the
    same gunicorn.conf.py, in alternating rounds; the ratio is taken within each pair of rounds.
+   Each round also measures a second site with ANALYTICS=false, so the cost of counting visits
+   shows as the two ratios, and as the workers' CPU time per request of each (which the machine's
+   other load moves far less than the rate). wrk sends a browser's User-Agent, so each request is counted
+   as a person's visit (a request without one would count as a bot's).
 2. POST /contact at a steady 100 posts/s, open loop: each post is sent when it is due and its
    latency counted from then. Every answer must be 303 and every lead stored.
 3. The same while the SMTP server takes 5 s over each message, and with every channel on (an
@@ -36,6 +40,7 @@ README = ROOT / "README.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 WARMUP = 40  # posts sent before measuring, so every worker has loaded what a first post loads
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
+BROWSER = "Mozilla/5.0 (X11; Linux x86_64; rv:140.0) Gecko/20100101 Firefox/140.0"
 
 
 def free_port() -> int:
@@ -164,9 +169,9 @@ def site_env(data_dir: str, smtp_port: int) -> dict:
 
 
 def wrk(url: str, seconds: int, connections: int) -> dict:
-    """Run wrk against `url`; return requests/s and p50/p99 latency in ms."""
+    """Run wrk against `url` as a browser would (its User-Agent); return requests/s and p50/p99 latency in ms."""
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-H", f"User-Agent: {BROWSER}", url],
         capture_output=True,
         text=True,
         check=True,
@@ -296,27 +301,47 @@ def get_runs(seconds: int, rounds: int, connections: int) -> dict:
     """Alternate wrk rounds against the site and the baseline app returning the same bytes."""
     data_dir = tempfile.mkdtemp(prefix="bench-site-")
     site = Server("app:create_app()", site_env(data_dir, 9))
+    off_dir = tempfile.mkdtemp(prefix="bench-site-off-")
+    site_off = Server("app:create_app()", {**site_env(off_dir, 9), "ANALYTICS": "false"})
     body = Path(data_dir) / "landing.html"
     body.write_bytes(urllib.request.urlopen(site.url + "/").read())
     baseline = Server("baseline:app", {"BASELINE_BODY": str(body)}, chdir=ROOT / "bench")
     try:
-        wrk(site.url + "/", 2, connections)  # warm both up
-        wrk(baseline.url + "/", 2, connections)
-        pairs = []
-        for _ in range(rounds):
-            pairs.append((wrk(site.url + "/", seconds, connections), wrk(baseline.url + "/", seconds, connections)))
-        ratios = [s["rps"] / b["rps"] for s, b in pairs]
-        best = sorted(range(rounds), key=lambda i: ratios[i])[rounds // 2]  # the median pair
+        for server in (site, site_off, baseline):  # warm them up
+            wrk(server.url + "/", 2, connections)
+        runs = []
+        for n in range(rounds):
+            round_ = {}
+            servers = [("on", site), ("off", site_off)]
+            for name, server in [*(servers if n % 2 else servers[::-1]), ("baseline", baseline)]:
+                cpu = server.cpu_seconds()
+                round_[name] = wrk(server.url + "/", seconds, connections)
+                # CPU time per request, which the machine's other load hardly moves (the rate does).
+                round_[name]["cpu_us"] = (server.cpu_seconds() - cpu) / (round_[name]["rps"] * seconds) * 1e6
+            runs.append(round_)
+
+        def median_round(value) -> dict:
+            return sorted(runs, key=value)[rounds // 2]
+
+        ratio = median_round(lambda r: r["on"]["rps"] / r["baseline"]["rps"])
+        ratio_off = median_round(lambda r: r["off"]["rps"] / r["baseline"]["rps"])
+        cpu = median_round(lambda r: r["off"]["cpu_us"] / r["on"]["cpu_us"])
         return {
-            "site": pairs[best][0],
-            "baseline": pairs[best][1],
-            "ratio": ratios[best],
-            "ratios": ratios,
+            "site": ratio["on"],
+            "baseline": ratio["baseline"],
+            "ratio": ratio["on"]["rps"] / ratio["baseline"]["rps"],
+            "ratios": [r["on"]["rps"] / r["baseline"]["rps"] for r in runs],
+            "ratio_off": ratio_off["off"]["rps"] / ratio_off["baseline"]["rps"],
+            "ratios_off": [r["off"]["rps"] / r["baseline"]["rps"] for r in runs],
+            "cpu_ratios": [r["off"]["cpu_us"] / r["on"]["cpu_us"] for r in runs],
+            "cpu_on": cpu["on"]["cpu_us"],
+            "cpu_off": cpu["off"]["cpu_us"],
             "bytes": body.stat().st_size,
             "peak_mb": site.peak_memory_mb(),
         }
     finally:
         site.stop()
+        site_off.stop()
         baseline.stop()
 
 
@@ -331,6 +356,12 @@ def table(get: dict, fast: dict, slow: dict, every: dict, args) -> str:
         f"p99 {base['p99']:.1f} ms | |",
         f"| landing ÷ baseline (median of {args.rounds} paired rounds: "
         f"{', '.join(f'{r:.2f}' for r in get['ratios'])}) | **{get['ratio']:.2f}** | ≥ 0.40 |",
+        f"| same with visit counting off (`ANALYTICS=false`), same rounds "
+        f"({', '.join(f'{r:.2f}' for r in get['ratios_off'])}) | **{get['ratio_off']:.2f}**; "
+        f"on ÷ off **{get['ratio'] / get['ratio_off']:.2f}** | on ≥ 0.95 × off |",
+        f"| workers' CPU time per `GET /`, counting on / off (median round) | {get['cpu_on']:.0f} µs / "
+        f"{get['cpu_off']:.0f} µs: off ÷ on (all: {', '.join(f'{r:.2f}' for r in get['cpu_ratios'])}) "
+        f"**{get['cpu_off'] / get['cpu_on']:.2f}** | ≥ 0.95 |",
         f"| `POST /contact` at {args.rate:.0f}/s open loop, fast SMTP ({fast['posts']} posts) | p50 "
         f"{fast['p50']:.1f} ms, **p99 {fast['p99']:.1f} ms** (max {fast['max']:.0f} ms); "
         f"{'all 303' if fast['all_303'] else 'NOT all 303'}, {fast['stored']} stored | p99 < 50 ms |",

@@ -164,6 +164,17 @@ def open_admin_status(page, url):
     page.goto(url + "/admin/status")
 
 
+def open_admin_analytics(page, url):
+    page.goto(url + "/?utm_source=facebook&utm_medium=cpc&utm_campaign=spring")  # a bot's visit (headless)
+    page.get_by_label("Your name").fill("Jane Doe")
+    page.get_by_label("Phone").fill("949 510 6333")
+    page.get_by_role("button", name="Send request").click()
+    page.wait_for_url("**/thanks")
+    sign_in(page, url)
+    page.goto(url + "/admin/analytics")
+    expect(page.get_by_role("rowheader", name="facebook")).to_be_visible()
+
+
 PUBLIC = [
     open_landing,
     open_article,
@@ -175,7 +186,14 @@ PUBLIC = [
     open_404,
     open_405,
 ]
-ADMIN = [open_admin_login, open_admin_login_refused, open_admin_inbox, open_admin_lead, open_admin_status]
+ADMIN = [
+    open_admin_login,
+    open_admin_login_refused,
+    open_admin_inbox,
+    open_admin_lead,
+    open_admin_status,
+    open_admin_analytics,
+]
 ALL_PAGES = PUBLIC + ADMIN
 
 

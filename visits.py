@@ -1,0 +1,395 @@
+"""Cookieless visit counting: page views and unique visitors per day, page and source, for the admin's analytics.
+
+On the request path a visit is an in-memory increment; a background thread adds the day's counts to
+SQLite every few seconds and when the worker stops. A visitor is a keyed hash of the client address and
+user agent under a random salt of the day. The salt and the day's hashes live only in memory that
+every gunicorn worker of one server shares (an anonymous shared mapping made by the master before it
+forks, see gunicorn.conf.py), so two workers count a visitor once; nothing of them is written to disk,
+and they are wiped when the day ends.
+"""
+
+import hashlib
+import logging
+import mmap
+import multiprocessing
+import os
+import re
+import sqlite3
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import date, datetime, timedelta
+from datetime import time as day_start
+from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
+
+from crawlerdetect import CrawlerDetect
+from flask import Flask
+
+import db
+
+log = logging.getLogger("clinic.visits")
+
+FLUSH_SECONDS = 5.0
+BOTS = "bots"
+DIRECT = "direct"
+INTERNAL = "internal"  # a page reached from another page of this site
+# Pages that are counted: what a visitor reads, i.e. a 200 HTML answer to GET outside these prefixes.
+NOT_PAGES = ("/admin", "/static")
+# Crawlers by crawlerdetect's list, plus tools it may let through: Lighthouse, headless and scripted browsers.
+TOOLS = re.compile(r"lighthouse|headless|phantomjs|puppeteer|playwright|selenium|webdriver", re.IGNORECASE)
+CACHE_MAX = 4096  # user agents and referrers remembered per worker before the caches start again
+
+# Referring sites under the names people use, and the medium they stand for.
+SEARCH = {"google", "bing", "duckduckgo", "yahoo", "ecosia", "baidu", "yandex", "startpage", "qwant", "brave", "aol"}
+SOCIAL = {
+    "facebook",
+    "instagram",
+    "linkedin",
+    "x",
+    "youtube",
+    "pinterest",
+    "reddit",
+    "tiktok",
+    "nextdoor",
+    "threads",
+    "bluesky",
+    "whatsapp",
+    "mastodon",
+    "yelp",
+}
+SHORT_NAMES = {
+    "twitter.com": "x",
+    "x.com": "x",
+    "t.co": "x",
+    "fb.com": "facebook",
+    "fb.me": "facebook",
+    "lnkd.in": "linkedin",
+    "youtu.be": "youtube",
+    "pin.it": "pinterest",
+    "bsky.app": "bluesky",
+    "wa.me": "whatsapp",
+    "threads.net": "threads",
+    "search.brave.com": "brave",
+}
+
+# The shared mapping: a header (day, salt), then one region per worker: (owner pid, slots used) and an
+# open-addressing set of 64-bit hashes. Each worker writes only its own region and reads them all, so the
+# request path takes no lock another process could hold; the lock is for a new day's salt and claiming.
+HEADER = struct.Struct("<q32s")
+REGION_HEADER = struct.Struct("<qq")
+SLOTS = 1 << 17  # 1 MB a region; up to 3/4 filled (98,304 visitors a worker a day), then visitors count without it
+LOCK_WAIT_SECONDS = 1.0
+SHARED = None  # the server's VisitorTable, made in gunicorn's master by share_across_workers()
+CRAWLERS = CrawlerDetect()
+clock = time.time  # the moment of a visit (tests move it to the next day)
+
+
+class VisitorTable:
+    """The day's salt and visitor hashes, in anonymous memory that forked workers share and no file holds."""
+
+    def __init__(self, regions: int = 1, slots: int = SLOTS):
+        self.slots = slots
+        self.region_bytes = REGION_HEADER.size + 8 * slots
+        self.memory = mmap.mmap(-1, HEADER.size + regions * self.region_bytes)  # MAP_SHARED | MAP_ANONYMOUS
+        self.starts = [HEADER.size + i * self.region_bytes for i in range(regions)]
+        whole = memoryview(self.memory)
+        size = self.region_bytes
+        self.regions = [whole[start + REGION_HEADER.size : start + size].cast("Q") for start in self.starts]
+        self.lock = multiprocessing.Lock()  # a semaphore every forked worker shares, for the rare steps only
+        self.own: tuple[int, int] | None = None  # (pid, region) this process writes
+        self.insert_lock = threading.Lock()
+        self.day, self.salt = 0, b""  # this process's copy of the day's salt
+        self.refused_day = 0  # a day the lock or a region could not be had: page views only, no more waits
+
+    def add(self, day: int, address: str, agent: str) -> bool:
+        """Remember this visitor for `day` (an ordinal); whether they are new today (in any worker)."""
+        if day != self.day and (day == self.refused_day or not self.enter_day(day)):
+            return False
+        digest = hashlib.blake2b(f"{address}\n{agent}".encode(), key=self.salt, digest_size=8).digest()
+        value = int.from_bytes(digest, "little") or 1  # 0 marks an empty slot
+        mask, first = self.slots - 1, value & (self.slots - 1)
+        for hashes in self.regions:  # without a lock: a worker's insert is one aligned 8-byte write
+            slot = first
+            while current := hashes[slot]:
+                if current == value:
+                    return False
+                slot = (slot + 1) & mask
+        with self.insert_lock:  # this process's threads take turns writing its region
+            own = self.own[1]
+            found, slot = self.find(self.regions[own], value)
+            if found:
+                return False
+            used = REGION_HEADER.unpack_from(self.memory, self.starts[own])[1]
+            if used < self.slots * 3 // 4:
+                self.regions[own][slot] = value
+                REGION_HEADER.pack_into(self.memory, self.starts[own], os.getpid(), used + 1)
+        return True
+
+    def find(self, hashes: memoryview, value: int) -> tuple[bool, int]:
+        """Whether `value` is in one region's set, and the slot where it is or would go."""
+        mask = self.slots - 1
+        slot = value & mask
+        while hashes[slot]:
+            if hashes[slot] == value:
+                return True, slot
+            slot = (slot + 1) & mask
+        return False, slot
+
+    def enter_day(self, day: int) -> bool:
+        """Take `day`'s salt, drawing it if this is the first worker there, and this process's region."""
+        if not self.lock.acquire(timeout=LOCK_WAIT_SECONDS):
+            log.error("the visitor table's lock is held too long; this worker counts page views only today")
+            self.refused_day = day
+            return False
+        try:
+            stored_day, salt = HEADER.unpack_from(self.memory)
+            if day < stored_day:
+                return False  # a request from just before midnight, answered after it
+            if day > stored_day:
+                self.memory[:] = bytes(len(self.memory))  # the last day's salt and hashes are gone
+                salt = os.urandom(32)
+                HEADER.pack_into(self.memory, 0, day, salt)
+            if not self.claim_region():
+                self.refused_day = day
+                return False
+            self.day, self.salt = day, salt
+            return True
+        finally:
+            self.lock.release()
+
+    def claim_region(self) -> bool:
+        """Find this process's region, or take a free one or a dead worker's (call holding the lock)."""
+        pid = os.getpid()
+        owners = [REGION_HEADER.unpack_from(self.memory, start)[0] for start in self.starts]
+        if pid in owners:
+            self.own = (pid, owners.index(pid))
+            return True
+        for i, owner in enumerate(owners):
+            if owner == 0 or not process_alive(owner):
+                # A dead worker's visitors stay: the worker that takes its place goes on from them.
+                used = REGION_HEADER.unpack_from(self.memory, self.starts[i])[1]
+                REGION_HEADER.pack_into(self.memory, self.starts[i], pid, used)
+                self.own = (pid, i)
+                return True
+        log.error("no free region in the visitor table; this worker counts page views only today")
+        return False
+
+    def forget_before(self, day: int) -> None:
+        """Wipe a salt and hashes older than `day`, so they are gone soon after their midnight."""
+        if self.day < day:
+            self.day, self.salt = 0, b""  # this process's copy
+        if not self.lock.acquire(timeout=LOCK_WAIT_SECONDS):
+            return
+        try:
+            stored_day = HEADER.unpack_from(self.memory)[0]
+            if 0 < stored_day < day:
+                self.memory[:] = bytes(len(self.memory))
+        finally:
+            self.lock.release()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id still runs."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def share_across_workers(workers: int) -> None:
+    """Make the server's visitor table before gunicorn forks its workers (its on_starting hook).
+
+    Two regions more than workers, for workers started while a dead one's region is not yet reclaimed.
+    """
+    global SHARED
+    SHARED = VisitorTable(regions=workers + 2)
+
+
+def host_of(url: str) -> str:
+    """The host name of a URL, lower case, without `www.`; '' when there is none."""
+    try:
+        host = (urlsplit(url).hostname or "").rstrip(".")
+    except ValueError:
+        return ""
+    return host[4:] if host.startswith("www.") else host
+
+
+def site_name(host: str) -> tuple[str, str]:
+    """A referring host as (source, medium): ('google', 'search'), ('facebook', 'social'), ('a.org', 'referral')."""
+    for short, name in SHORT_NAMES.items():
+        if host == short or host.endswith("." + short):
+            return name, "search" if name in SEARCH else "social"
+    for label in host.split(".")[:-1]:
+        if label in SEARCH:
+            return label, "search"
+        if label in SOCIAL and label != "x":
+            return label, "social"
+    return host[:100], "referral"
+
+
+def source_of(utm: Mapping[str, str], referrer: str | None, own_hosts: Iterable[str]) -> tuple[str, str, str]:
+    """(source, medium, campaign) of a visit or a lead: its utm_ tags, else the referring site, else direct."""
+    source = (utm.get("utm_source") or "").strip()[:100].lower()
+    if source:
+        medium = (utm.get("utm_medium") or "").strip()[:100].lower()
+        return source, medium, (utm.get("utm_campaign") or "").strip()[:100]
+    host = host_of(referrer) if referrer else ""
+    if not host:
+        return DIRECT, "", ""
+    if host in own_hosts:
+        return INTERNAL, "", ""
+    return (*site_name(host), "")
+
+
+def is_bot(agent: str) -> bool:
+    """Whether a user agent is a crawler or a tool (Lighthouse, a headless browser, curl), or missing."""
+    return not agent.strip() or bool(TOOLS.search(agent)) or CRAWLERS.is_crawler(agent)
+
+
+class Counter:
+    """One server process's counts not yet written: {(day, page, source, medium, campaign): [views, visitors]}."""
+
+    def __init__(self, app: Flask):
+        self.zone = ZoneInfo(app.config["CLINIC_TIMEZONE"])
+        self.database = app.config["DATABASE"]
+        self.own_hosts = {host_of(app.config["SITE_URL"])}
+        self.visitors = SHARED or VisitorTable()  # outside gunicorn (tests, `make dev`) one process is the server
+        self.pending: dict[tuple, list[int]] = {}
+        self.lock = threading.Lock()
+        self.bots: dict[str, bool] = {}
+        self.sources: dict[tuple[str, str, str], tuple[str, str, str]] = {}
+        self.day, self.ordinal, self.day_starts, self.day_ends = "", 0, 0.0, 0.0
+
+    def set_day(self, now: float) -> None:
+        """Move to the clinic's calendar day of `now`."""
+        today = datetime.fromtimestamp(now, self.zone).date()
+        self.day, self.ordinal = today.isoformat(), today.toordinal()
+        self.day_starts = datetime.combine(today, day_start.min, self.zone).timestamp()
+        self.day_ends = datetime.combine(today + timedelta(days=1), day_start.min, self.zone).timestamp()
+
+    def __call__(self, environ: dict, headers: list[tuple[str, str]]) -> None:
+        """Count a 200 answer, if it is a GET of a page (with_headers calls this as the response starts)."""
+        path = environ.get("PATH_INFO", "")
+        if environ.get("REQUEST_METHOD") != "GET" or path.startswith(NOT_PAGES):
+            return
+        for name, value in headers:
+            if name == "Content-Type":
+                if not value.startswith("text/html"):
+                    return
+                break
+        now = clock()
+        if not self.day_starts <= now < self.day_ends:
+            self.set_day(now)
+        agent = environ.get("HTTP_USER_AGENT", "")
+        bot = self.bots.get(agent)
+        if bot is None:
+            if len(self.bots) >= CACHE_MAX:
+                self.bots.clear()
+            bot = self.bots[agent] = is_bot(agent)
+        new_visitor = False
+        if bot:
+            key = (self.day, path[:200], BOTS, "", "")
+        else:
+            key = (self.day, path[:200], *self.source(environ))
+            if environ.get("HTTP_SEC_GPC") != "1" and environ.get("HTTP_DNT") != "1":
+                new_visitor = self.visitors.add(self.ordinal, environ.get("REMOTE_ADDR", ""), agent)
+        with self.lock:
+            counts = self.pending.get(key)
+            if counts is None:
+                counts = self.pending[key] = [0, 0]
+            counts[0] += 1
+            counts[1] += new_visitor
+
+    def source(self, environ: dict) -> tuple[str, str, str]:
+        """(source, medium, campaign) of a request, from a cache keyed by its query, referrer and host."""
+        query = environ.get("QUERY_STRING", "")
+        if "utm_" not in query:
+            query = ""
+        cache_key = (query, environ.get("HTTP_REFERER", ""), environ.get("HTTP_HOST", ""))
+        found = self.sources.get(cache_key)
+        if found is None:
+            utm = {k: v[0] for k, v in parse_qs(query).items()} if query else {}
+            own = {*self.own_hosts, host_of("//" + cache_key[2])}
+            if len(self.sources) >= CACHE_MAX:
+                self.sources.clear()
+            found = self.sources[cache_key] = source_of(utm, cache_key[1], own)
+        return found
+
+    def take(self) -> dict[tuple, list[int]]:
+        """The counts gathered since the last call, leaving none behind."""
+        with self.lock:
+            pending, self.pending = self.pending, {}
+        return pending
+
+    def put_back(self, pending: dict[tuple, list[int]]) -> None:
+        """Return counts that could not be written, to be tried with the next ones."""
+        with self.lock:
+            for key, (views, visitors) in pending.items():
+                counts = self.pending.setdefault(key, [0, 0])
+                counts[0] += views
+                counts[1] += visitors
+
+    def flush(self) -> int:
+        """Add the counts gathered so far to the database; how many rows were written."""
+        pending = self.take()
+        if not pending:
+            return 0
+        try:
+            database = db.connect(self.database)
+            try:
+                db.add_visit_counts(database, [(*key, *counts) for key, counts in pending.items()])
+            finally:
+                database.close()
+        except sqlite3.Error:
+            log.exception("could not write %s rows of visit counts; trying again later", len(pending))
+            self.put_back(pending)
+            return 0
+        return len(pending)
+
+
+def init_app(app: Flask) -> Callable | None:
+    """The counter serving.with_headers calls for each response, or None when ANALYTICS is off."""
+    if not app.config["ANALYTICS"]:
+        return None
+    counter = app.extensions["visits"] = Counter(app)
+    return counter
+
+
+def flush(app: Flask) -> None:
+    """Write this process's pending counts now (the analytics page does, so it shows its own visits)."""
+    counter = app.extensions.get("visits")
+    if counter is not None:
+        counter.flush()
+
+
+def start(app: Flask) -> Callable[[], None] | None:
+    """Start the thread that writes the counts every few seconds; return what stops it after a last write."""
+    counter = app.extensions.get("visits")
+    if counter is None:
+        return None
+    stopping = threading.Event()
+
+    def run() -> None:
+        while not stopping.wait(FLUSH_SECONDS):
+            counter.flush()
+            counter.visitors.forget_before(datetime.fromtimestamp(clock(), counter.zone).date().toordinal())
+
+    thread = threading.Thread(target=run, name="visit-counts", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        stopping.set()
+        thread.join(FLUSH_SECONDS)
+        counter.flush()
+
+    return stop
+
+
+def day_of(iso: str, zone: ZoneInfo) -> date:
+    """The clinic's calendar day of a stored UTC time."""
+    return datetime.fromisoformat(iso).astimezone(zone).date()
