@@ -2,6 +2,7 @@
 
 import contextlib
 import fcntl
+import logging
 import os
 import re
 import sqlite3
@@ -15,6 +16,8 @@ from flask import Flask, current_app
 from flask.cli import with_appcontext
 
 import db
+
+log = logging.getLogger("clinic.backups")
 
 NAME = re.compile(r"leads-(\d{4}-\d{2}-\d{2}).*\.db")
 SERVER_LOCK = "server.lock"
@@ -184,7 +187,13 @@ def log_backup(database, result: dict | None, error: str | None, started: dateti
         "detail": error,
         "actor": actor,
     }
-    db.log_housekeeping(database, {**entry, **(result or {})})
+    try:
+        db.log_housekeeping(database, {**entry, **(result or {})})
+    except sqlite3.OperationalError as failure:  # e.g. writers held the lock past the busy timeout
+        # The backup itself stands; only the status page will not list it.
+        log.warning(
+            "backup %s: could not record it in the housekeeping log: %s", "made" if error is None else "failed", failure
+        )
 
 
 def backup_and_log(database, config: dict, now: datetime, actor: str, to: Path | None = None) -> dict:

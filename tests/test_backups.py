@@ -61,8 +61,11 @@ def test_backup_while_eight_threads_write_holds_every_lead_committed_before_it(a
         database.execute("PRAGMA wal_autocheckpoint = 0")  # the leads stay in the -wal, as between checkpoints
         i = 0
         while not stop.is_set():
-            with db.write(database):
-                db.add_lead(database, {"form_id": f"t{n}-{i}", "name": f"t{n}-{i}", "is_spam": 0}, db.utcnow())
+            try:
+                with db.write(database):
+                    db.add_lead(database, {"form_id": f"t{n}-{i}", "name": f"t{n}-{i}", "is_spam": 0}, db.utcnow())
+            except sqlite3.OperationalError:  # eight writers in a tight loop can outwait the busy timeout
+                continue  # (a visitor would see the 503 page); nothing was committed, so nothing is expected
             committed.append(f"t{n}-{i}")  # only once the commit returned
             i += 1
         database.close()
