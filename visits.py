@@ -18,6 +18,7 @@ import sqlite3
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, timedelta
 from datetime import time as day_start
@@ -252,15 +253,16 @@ def is_bot(agent: str) -> bool:
 
 
 class Counter:
-    """One server process's counts not yet written: {(day, page, source, medium, campaign): [views, visitors]}."""
+    """One server process's visits not yet written, each a (day, page, source, medium, campaign) key."""
 
     def __init__(self, app: Flask):
         self.zone = ZoneInfo(app.config["CLINIC_TIMEZONE"])
         self.database = app.config["DATABASE"]
         self.own_hosts = {host_of(app.config["SITE_URL"])}
         self.visitors = SHARED or VisitorTable()  # outside gunicorn (tests, `make dev`) one process is the server
-        self.pending: dict[tuple, list[int]] = {}
-        self.lock = threading.Lock()
+        self.visits: deque[tuple[tuple, bool]] = deque()  # added up by flush(), off the request path
+        self.unwritten: dict[tuple, list[int]] = {}  # counts a failed write left for the next one
+        self.flush_lock = threading.Lock()  # the writing thread and the analytics page may flush at once
         self.bots: dict[str, bool] = {}
         self.sources: dict[tuple[str, str, str], tuple[str, str, str]] = {}
         self.day, self.ordinal, self.day_starts, self.day_ends = "", 0, 0.0, 0.0
@@ -298,12 +300,7 @@ class Counter:
             key = (self.day, path[:200], *self.source(environ))
             if environ.get("HTTP_SEC_GPC") != "1" and environ.get("HTTP_DNT") != "1":
                 new_visitor = self.visitors.add(self.ordinal, environ.get("REMOTE_ADDR", ""), agent)
-        with self.lock:
-            counts = self.pending.get(key)
-            if counts is None:
-                counts = self.pending[key] = [0, 0]
-            counts[0] += 1
-            counts[1] += new_visitor
+        self.visits.append((key, new_visitor))  # atomic: no lock a thread could hold across a GIL switch
 
     def source(self, environ: dict) -> tuple[str, str, str]:
         """(source, medium, campaign) of a request, from a cache keyed by its query, referrer and host."""
@@ -321,35 +318,35 @@ class Counter:
         return found
 
     def take(self) -> dict[tuple, list[int]]:
-        """The counts gathered since the last call, leaving none behind."""
-        with self.lock:
-            pending, self.pending = self.pending, {}
+        """The visits gathered since the last call, added up: {key: [views, visitors]} (call holding flush_lock)."""
+        pending, self.unwritten = self.unwritten, {}
+        visits = self.visits
+        while visits:
+            key, new_visitor = visits.popleft()
+            counts = pending.get(key)
+            if counts is None:
+                counts = pending[key] = [0, 0]
+            counts[0] += 1
+            counts[1] += new_visitor
         return pending
-
-    def put_back(self, pending: dict[tuple, list[int]]) -> None:
-        """Return counts that could not be written, to be tried with the next ones."""
-        with self.lock:
-            for key, (views, visitors) in pending.items():
-                counts = self.pending.setdefault(key, [0, 0])
-                counts[0] += views
-                counts[1] += visitors
 
     def flush(self) -> int:
         """Add the counts gathered so far to the database; how many rows were written."""
-        pending = self.take()
-        if not pending:
-            return 0
-        try:
-            database = db.connect(self.database)
+        with self.flush_lock:
+            pending = self.take()
+            if not pending:
+                return 0
             try:
-                db.add_visit_counts(database, [(*key, *counts) for key, counts in pending.items()])
-            finally:
-                database.close()
-        except sqlite3.Error:
-            log.exception("could not write %s rows of visit counts; trying again later", len(pending))
-            self.put_back(pending)
-            return 0
-        return len(pending)
+                database = db.connect(self.database)
+                try:
+                    db.add_visit_counts(database, [(*key, *counts) for key, counts in pending.items()])
+                finally:
+                    database.close()
+            except sqlite3.Error:
+                log.exception("could not write %s rows of visit counts; trying again later", len(pending))
+                self.unwritten = pending
+                return 0
+            return len(pending)
 
 
 def init_app(app: Flask) -> Callable | None:

@@ -299,14 +299,18 @@ def post_run(smtp_delay: float, seconds: int, rate: float, channels: bool = Fals
 
 def get_runs(seconds: int, rounds: int, connections: int) -> dict:
     """Alternate wrk rounds against the site and the baseline app returning the same bytes."""
-    data_dir = tempfile.mkdtemp(prefix="bench-site-")
-    site = Server("app:create_app()", site_env(data_dir, 9))
-    off_dir = tempfile.mkdtemp(prefix="bench-site-off-")
-    site_off = Server("app:create_app()", {**site_env(off_dir, 9), "ANALYTICS": "false"})
-    body = Path(data_dir) / "landing.html"
-    body.write_bytes(urllib.request.urlopen(site.url + "/").read())
-    baseline = Server("baseline:app", {"BASELINE_BODY": str(body)}, chdir=ROOT / "bench")
+    started = []  # stopped at the end, also when a later one fails to start
     try:
+        data_dir = tempfile.mkdtemp(prefix="bench-site-")
+        site = Server("app:create_app()", site_env(data_dir, 9))
+        started.append(site)
+        off_dir = tempfile.mkdtemp(prefix="bench-site-off-")
+        site_off = Server("app:create_app()", {**site_env(off_dir, 9), "ANALYTICS": "false"})
+        started.append(site_off)
+        body = Path(data_dir) / "landing.html"
+        body.write_bytes(urllib.request.urlopen(site.url + "/").read())
+        baseline = Server("baseline:app", {"BASELINE_BODY": str(body)}, chdir=ROOT / "bench")
+        started.append(baseline)
         for server in (site, site_off, baseline):  # warm them up
             wrk(server.url + "/", 2, connections)
         runs = []
@@ -340,9 +344,8 @@ def get_runs(seconds: int, rounds: int, connections: int) -> dict:
             "peak_mb": site.peak_memory_mb(),
         }
     finally:
-        site.stop()
-        site_off.stop()
-        baseline.stop()
+        for server in started:
+            server.stop()
 
 
 def table(get: dict, fast: dict, slow: dict, every: dict, args) -> str:
