@@ -325,7 +325,7 @@ def test_lead_created_carries_the_lead_signed_per_standard_webhooks(hook, app, c
     assert request["headers"]["webhook-signature"].startswith("v1,")
     assert event["type"] == "lead.created"
     assert set(event) == {"type", "timestamp", "data"}
-    assert set(event["data"]) - {"landing_page"} == {  # landing_page: once leads have one (the articles)
+    assert set(event["data"]) == {
         "id",
         "name",
         "email",
@@ -338,6 +338,7 @@ def test_lead_created_carries_the_lead_signed_per_standard_webhooks(hook, app, c
         "referrer",
         "created_at",
         "admin_url",
+        "landing_page",  # the article the request was sent from (issue 12)
     }
     data = event["data"]
     assert (data["id"], data["name"], data["phone"], data["message"], data["status"]) == (
