@@ -21,9 +21,9 @@ import db
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def flask(data_dir, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+def flask(data_dir, *args: str, stdin: str = "", env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `flask --app app ARGS` as the owner would on the server, for the site in `data_dir`."""
-    env = {**os.environ, "DATA_DIR": str(data_dir), "SECRET_KEY": "live-test"}
+    env = {**os.environ, "DATA_DIR": str(data_dir), "SECRET_KEY": "live-test", **(env or {})}
     command = [str(Path(sys.executable).with_name("flask")), "--app", "app", *args]
     return subprocess.run(command, cwd=ROOT, env=env, input=stdin, capture_output=True, text=True, timeout=60)
 

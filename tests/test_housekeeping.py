@@ -137,6 +137,17 @@ def test_old_backups_are_pruned_after_a_good_one(app):
     assert f"leads-{today - timedelta(days=14)}T010000Z.db" not in kept
 
 
+def test_backup_keep_days_from_the_environment_sets_how_many_days_stay(app):
+    folder = Path(app.config["DATA_DIR"]) / "backups"
+    folder.mkdir()
+    today = datetime.now(UTC).date()
+    for age in (1, 2, 3):
+        (folder / f"leads-{today - timedelta(days=age)}T010000Z.db").write_bytes(b"")
+    assert flask(app.config["DATA_DIR"], "backup", env={"BACKUP_KEEP_DAYS": "3"}).returncode == 0
+    kept = sorted(p.name[:16] for p in folder.iterdir())  # today's new one and the two days before it
+    assert kept == [f"leads-{today - timedelta(days=age)}" for age in (2, 1, 0)]
+
+
 def test_purge_also_removes_old_audit_lines_and_finished_emails(app):
     database = db.connect(app.config["DATABASE"])
     old = db.iso_utc(datetime.now(UTC) - timedelta(days=400))
