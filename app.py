@@ -78,6 +78,14 @@ def start_background(app: Flask) -> None:
     app.extensions["visits_stop"] = visits.start(app)
 
 
+def stop_sending(app: Flask) -> None:
+    """Tell the senders to take no further email, alert or webhook, without waiting (a worker's SIGTERM)."""
+    for name in ("outbox_stop", "channels_stop"):
+        stop = app.extensions.get(name)
+        if stop is not None:
+            stop(wait=False)
+
+
 def stop_background(app: Flask) -> None:
     """Stop the background threads after what they are doing, waiting a bounded time (gunicorn's worker_exit hook)."""
     stop_visits = app.extensions.pop("visits_stop", None)

@@ -6,6 +6,7 @@ request itself, so gunicorn's access log stays off.
 """
 
 import os
+import signal
 import socket
 import struct
 
@@ -54,10 +55,20 @@ def site_of(worker):
 
 def post_worker_init(worker):
     """Each worker, once it has loaded the app, starts its background threads (email sender, visit counts)."""
-    from app import start_background
+    from app import start_background, stop_sending
 
-    if site_of(worker) is not None:
-        start_background(worker.wsgi)
+    if site_of(worker) is None:
+        return
+    start_background(worker.wsgi)
+    # A worker told to stop may spend graceful_timeout on its last requests before worker_exit runs;
+    # its senders must not take another email in that time, so they hear of the SIGTERM at once.
+    graceful_exit = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):
+        stop_sending(worker.wsgi)
+        graceful_exit(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def worker_exit(server, worker):

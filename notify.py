@@ -377,11 +377,12 @@ def start_sender(
     thread = threading.Thread(target=run_sender, args=args, name=name, daemon=True)
     thread.start()
 
-    def stop_worker() -> None:
-        """Let the sender finish its current attempt, then end; wait for it a bounded time."""
+    def stop_worker(wait: bool = True) -> None:
+        """Let the sender finish its current attempt, then end; wait for it a bounded time, unless told not to."""
         stop.set()
         woken_by.set()
-        thread.join(join_seconds)
+        if wait:
+            thread.join(join_seconds)
 
     return stop_worker
 
