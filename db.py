@@ -3,8 +3,10 @@
 import contextlib
 import fcntl
 import logging
+import os
 import re
 import sqlite3
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -140,18 +142,56 @@ def migrate(path: str) -> None:
             db.close()
 
 
+# Each thread keeps its connection between requests: opening one parses the whole schema
+# (triggers, FTS tables), which was most of a POST's cost.
+_thread = threading.local()
+
+
+def file_identity(path: str) -> tuple[int, int] | None:
+    """The device and inode of the file at `path`, or None when there is none."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
 def get_db() -> Database:
-    """Return this request's connection, opening it on first use."""
-    if "db" not in g:
-        g.db = connect(current_app.config["DATABASE"])
+    """Return this thread's connection to the database, opening it again when the file was replaced."""
+    if "db" in g:
+        return g.db
+    path = current_app.config["DATABASE"]
+    identity = file_identity(path)
+    kept = getattr(_thread, "kept", None)
+    if kept is not None and (kept[0] != path or kept[1] != identity or identity is None):
+        forget_thread_connection()  # another database, or a file restored or moved in its place
+        kept = None
+    if kept is None:
+        database = connect(path)
+        kept = _thread.kept = (path, file_identity(path), database)
+    g.db = kept[2]
     return g.db
 
 
 def close_db(_exc: BaseException | None = None) -> None:
-    """Close this request's connection, if it opened one."""
-    db = g.pop("db", None)
-    if db is not None:
-        db.close()
+    """End the request's use of the connection: roll back anything it left open, and keep it for the next."""
+    database = g.pop("db", None)
+    if database is None:
+        return
+    try:
+        if database.conn.in_transaction:
+            database.conn.rollback()
+    except sqlite3.Error:
+        forget_thread_connection()
+
+
+def forget_thread_connection() -> None:
+    """Close this thread's kept connection, if any (a test or a command that is done with the database)."""
+    kept = getattr(_thread, "kept", None)
+    _thread.kept = None
+    if kept is not None:
+        with contextlib.suppress(sqlite3.Error):
+            kept[2].close()
 
 
 def init_app(app: Flask) -> None:

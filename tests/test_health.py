@@ -36,6 +36,21 @@ def test_healthz_counts_waiting_and_failed_emails(settings, smtp):
     assert response.get_json() == {"database": "ok", "emails_waiting": 1, "emails_failed": 1}
 
 
+def test_a_database_file_put_in_place_while_the_site_runs_is_read_by_the_next_request(settings, tmp_path):
+    app = create_app(settings)
+    client = app.test_client()
+    post_lead(client)
+    assert client.get("/healthz").get_json()["emails_waiting"] == 1  # this thread now keeps a connection
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    create_app({**settings, "DATA_DIR": str(empty)})  # another site's database, with no email waiting
+    database = Path(app.config["DATABASE"])
+    for suffix in ("-wal", "-shm"):  # moved aside, as `flask restore` does
+        Path(f"{database}{suffix}").unlink(missing_ok=True)
+    (empty / "leads.db").replace(database)
+    assert client.get("/healthz").get_json() == {"database": "ok", "emails_waiting": 0, "emails_failed": 0}
+
+
 def test_healthz_answers_503_while_the_database_cannot_be_read(serve):
     server = serve(workers=1)
     assert get_json(server.url + "/healthz")[:2] == (200, {"database": "ok", "emails_waiting": 0, "emails_failed": 0})
