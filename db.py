@@ -173,16 +173,29 @@ def get_db() -> Database:
     return g.db
 
 
-def close_db(_exc: BaseException | None = None) -> None:
+def close_db(exc: BaseException | None = None) -> None:
     """End the request's use of the connection: roll back anything it left open, and keep it for the next."""
     database = g.pop("db", None)
     if database is None:
+        return
+    if isinstance(exc, sqlite3.Error):
+        forget_thread_connection()
         return
     try:
         if database.conn.in_transaction:
             database.conn.rollback()
     except sqlite3.Error:
         forget_thread_connection()
+
+
+def discard_connection() -> None:
+    """Close the request's connection after a database error, so the thread's next request opens a sound one.
+
+    A connection whose write failed (a full disk, a file made read-only) can stay failed after the
+    cause is gone; a new connection recovers at once.
+    """
+    g.pop("db", None)
+    forget_thread_connection()
 
 
 def forget_thread_connection() -> None:
