@@ -365,6 +365,24 @@ def m003_admin_session_browser(db: Database) -> None:
     db.table("admin_sessions").add_column("browser", str)
 
 
+# A random token per account, written into each device cookie it issues: a cookie counts only while its
+# token is the account's current one. Rotating it (sign out everywhere, a new password) revokes every
+# cookie issued before, whatever the clocks say.
+NEW_DEVICE_GENERATION = "lower(hex(randomblob(16)))"
+
+
+@migrations()
+def m011_account_device_generation(db: Database) -> None:
+    """Each account's device generation; a fresh one, so device cookies from before it count no more."""
+    db.table("accounts").add_column("device_generation", str)
+    db.execute(f"UPDATE accounts SET device_generation = {NEW_DEVICE_GENERATION}")
+
+
+def revoke_devices(db: Database, account_id: int) -> None:
+    """Give the account a new device generation, so no device cookie issued before counts (inside a write)."""
+    db.execute(f"UPDATE accounts SET device_generation = {NEW_DEVICE_GENERATION} WHERE id = ?", [account_id])
+
+
 def get_account(db: Database, username: str) -> dict | None:
     """Return the account with this username, or None."""
     rows = list(db.query("SELECT * FROM accounts WHERE username = ?", [username]))
@@ -377,18 +395,22 @@ def count_accounts(db: Database) -> int:
 
 
 def set_password(db: Database, username: str, password_hash: str, now: str) -> bool:
-    """Create the account or replace its password and end its sessions; return True if created."""
+    """Create the account or replace its password, ending its sessions and device cookies; return True if created."""
     with write(db):
         account = get_account(db, username)
         if account is None:
-            db.table("accounts").insert(
-                {"username": username, "password_hash": password_hash, "created_at": now, "updated_at": now}
+            account_id = (
+                db.table("accounts")
+                .insert({"username": username, "password_hash": password_hash, "created_at": now, "updated_at": now})
+                .last_pk
             )
+            revoke_devices(db, account_id)
             return True
         db.execute(
             "UPDATE accounts SET password_hash = ?, updated_at = ? WHERE id = ?", [password_hash, now, account["id"]]
         )
         db.execute("DELETE FROM admin_sessions WHERE account_id = ?", [account["id"]])
+        revoke_devices(db, account["id"])
         return False
 
 
@@ -447,8 +469,9 @@ def end_session(db: Database, session_hash: str) -> None:
 
 
 def end_account_sessions(db: Database, account_id: int) -> int:
-    """Forget every session of an account (sign out everywhere); return how many there were."""
+    """Sign out everywhere: end every session of an account and revoke its device cookies; return how many sessions."""
     with write(db):
+        revoke_devices(db, account_id)
         return db.execute("DELETE FROM admin_sessions WHERE account_id = ?", [account_id]).rowcount
 
 
