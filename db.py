@@ -1038,6 +1038,49 @@ def m009_outbox_channels(db: Database) -> None:
     db.table("outbox").create_index(["kind", "to_addr", "created_at"])  # one confirmation a day per address
 
 
+# Before m012, an ntfy alert's address and Apprise's errors about it were stored with the topic in full.
+STORED_NTFY_ADDRESS = re.compile(r"\bntfys?://[^\s?'\"]*")
+STORED_NTFY_ERROR_TOPIC = re.compile(r"(?<=topic ')[a-z0-9_-]+(?=')", re.IGNORECASE)
+
+
+def _masked_topic(topic: str) -> str:
+    """A topic as Apprise masks a token: its first and last character."""
+    return f"{topic[0]}...{topic[-1]}" if topic else topic
+
+
+def _masked_ntfy_address(address: str) -> str:
+    """A stored ntfy address with its topics masked; a host of your own stays shown."""
+    scheme, _, rest = address.partition("://")
+    parts = rest.split("/")
+    # ntfy.sh itself was shown as topics only, and a topic is letters, digits, _ and -: a part with more is a host
+    # (a bare host name is masked too, which hides nothing secret).
+    first_topic = 1 if re.search(r"[.:@\[]", parts[0]) or parts[0] == "localhost" else 0
+    return f"{scheme}://" + "/".join(parts[:first_topic] + [_masked_topic(topic) for topic in parts[first_topic:]])
+
+
+def masked_stored_ntfy(text: str | None) -> str | None:
+    """Stored text with each ntfy topic masked, in an address or in an error naming the topic."""
+    if not text:
+        return text
+    text = STORED_NTFY_ERROR_TOPIC.sub(lambda match: _masked_topic(match[0]), text)
+    return STORED_NTFY_ADDRESS.sub(lambda match: _masked_ntfy_address(match[0]), text)
+
+
+@migrations()
+def m012_mask_stored_ntfy_topics(db: Database) -> None:
+    """Mask the ntfy topics stored in full before: alert addresses, their errors, the audit log's test lines."""
+    db.register_function(masked_stored_ntfy, deterministic=True)
+    db.execute(
+        "UPDATE outbox SET to_addr = masked_stored_ntfy(to_addr), last_error = masked_stored_ntfy(last_error)"
+        " WHERE channel = 'alert'"
+    )
+    db.execute(
+        "UPDATE email_attempts SET error = masked_stored_ntfy(error)"
+        " WHERE outbox_id IN (SELECT id FROM outbox WHERE channel = 'alert')"
+    )
+    db.execute("UPDATE audit_log SET detail = masked_stored_ntfy(detail) WHERE action = 'test alert queued'")
+
+
 def confirmed_since(db: Database, address: str, since: str) -> bool:
     """True if a confirmation was queued for `address` (lower case) since `since`."""
     sql = "SELECT 1 FROM outbox WHERE kind = 'autoreply' AND to_addr = ? AND created_at >= ? LIMIT 1"

@@ -484,6 +484,34 @@ def test_a_failing_ntfy_alert_keeps_its_topic_off_the_status_and_lead_pages(sett
         assert "clinic-alerts-7f3k9q2x" not in page
 
 
+def test_ntfy_topics_stored_in_full_before_the_upgrade_are_masked_by_it(settings):
+    old = db.connect(str(Path(settings["DATA_DIR"]) / "leads.db"))
+    db.migrations.apply(old, stop_before=db.m012_mask_stored_ntfy_topics.__name__)
+    now = db.utcnow()
+    lead = {"form_id": "f1", "created_at": now, "updated_at": now, "name": "Old", "status": "new"}
+    lead_id = old.table("leads").insert(lead).last_pk
+    own_server, cloud = "ntfy://127.0.0.1:8080/clinic-alerts-7f3k9q2x", "ntfys://clinic-phone-m4v8r1zp"
+    error = "Failed to send ntfy notification to topic 'clinic-alerts-7f3k9q2x': Internal server error., error=500."
+    alert = {"lead_id": lead_id, "kind": "alert", "channel": "alert", "subject": "New appointment request #1"}
+    alert.update(body_text="-", attempts=1, created_at=now, updated_at=now)
+    failed = {**alert, "message_id": "a1", "to_addr": own_server, "status": "failed", "last_error": error}
+    failed_id = old.table("outbox").insert(failed).last_pk
+    old.table("email_attempts").insert({"outbox_id": failed_id, "at": now, "ok": 0, "error": error})
+    old.table("outbox").insert({**alert, "message_id": "a2", "to_addr": cloud, "status": "sent", "sent_at": now})
+    old.table("audit_log").insert({"at": now, "actor": "owner", "action": "test alert queued", "detail": cloud})
+    old.close()
+    app = create_app(settings)  # the upgrade
+    owner = signed_in(app)
+    status_page = owner.get("/admin/status").get_data(as_text=True)
+    lead_page = owner.get(f"/admin/leads/{lead_id}").get_data(as_text=True)
+    assert "Phone alert to ntfy://127.0.0.1:8080/c...x:" in status_page
+    assert "topic &#39;c...x&#39;: Internal server error., error=500." in status_page
+    assert "test alert queued, ntfys://c...p" in status_page
+    assert "to ntfy://127.0.0.1:8080/c...x:" in lead_page and "to ntfys://c...p:" in lead_page
+    for page in (status_page, lead_page):
+        assert "clinic-alerts-7f3k9q2x" not in page and "clinic-phone-m4v8r1zp" not in page
+
+
 def test_check_reports_a_webhook_without_secret_or_unreachable_and_an_unknown_alert_url(settings):
     settings.update(WEBHOOK_URL=f"http://127.0.0.1:{free_port()}/hook", ALERT_URLS="nosuchservice://x")
     app = create_app(settings)
