@@ -10,6 +10,7 @@ import functools
 import hashlib
 import json
 import logging
+import re
 import secrets
 import socket
 import threading
@@ -48,6 +49,10 @@ LEAD_FIELDS = (
     "created_at",
 )
 
+# Apprise masks these services' tokens but shows an ntfy topic in full, though anyone who knows it can
+# read the alerts: its topics are masked here the way Apprise masks a token ("a...z").
+SECRET_TOPIC_SCHEMES = {"ntfy", "ntfys"}
+
 wake = threading.Event()
 
 
@@ -73,9 +78,32 @@ def shown_url(channel: str, url: str) -> str:
         plugin = apprise.Apprise.instantiate(url)
         if plugin is None:
             return f"{url.split(':', 1)[0]}:// (not an address Apprise knows)"
-        return plugin.url(privacy=True).split("?", 1)[0]
+        ntfy = ntfy_parts(plugin)
+        if ntfy is None:
+            return plugin.url(privacy=True).split("?", 1)[0]
+        scheme, host, topics = ntfy
+        return f"{scheme}://" + "/".join(host + [plugin.pprint(topic) for topic in topics])
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}" + ("/…" if parts.path.strip("/") or parts.query else "/")
+
+
+def ntfy_parts(plugin: apprise.URLBase) -> tuple[str, list[str], list[str]] | None:
+    """An ntfy address's privacy form split as (scheme, [host] or [] for ntfy.sh itself, topics); None for others."""
+    shown, _, query = plugin.url(privacy=True).partition("?")
+    scheme, _, rest = shown.partition("://")
+    if scheme not in SECRET_TOPIC_SCHEMES:
+        return None
+    parts = rest.split("/")
+    first_topic = 0 if "mode=cloud" in query.split("&") else 1
+    return scheme, parts[:first_topic], [topic for topic in parts[first_topic:] if topic]
+
+
+def masked_topics(text: str, plugin: apprise.URLBase) -> str:
+    """`text` (an error Apprise logged) with the address's ntfy topics masked wherever they stand on their own."""
+    ntfy = ntfy_parts(plugin)
+    for topic in ntfy[2] if ntfy else []:
+        text = re.sub(rf"(?<![\w-]){re.escape(topic)}(?![\w-])", plugin.pprint(topic), text)
+    return text
 
 
 def destinations(config: dict) -> dict[str, tuple[str, str]]:
@@ -210,7 +238,7 @@ def send_alert(url: str, row: dict) -> str:
         delivered = plugin.notify(body=row["body_text"])
     if not delivered:
         lines = [line for line in captured.getvalue().splitlines() if line.strip()]
-        raise RuntimeError(lines[-1] if lines else "the service did not accept the alert")
+        raise RuntimeError(masked_topics(lines[-1], plugin) if lines else "the service did not accept the alert")
     return "delivered"
 
 

@@ -418,6 +418,24 @@ def m003_admin_session_browser(db: Database) -> None:
     db.table("admin_sessions").add_column("browser", str)
 
 
+# A random token per account, written into each device cookie it issues: a cookie counts only while its
+# token is the account's current one. Rotating it (sign out everywhere, a new password) revokes every
+# cookie issued before, whatever the clocks say.
+NEW_DEVICE_GENERATION = "lower(hex(randomblob(16)))"
+
+
+@migrations()
+def m011_account_device_generation(db: Database) -> None:
+    """Each account's device generation; a fresh one, so device cookies from before it count no more."""
+    db.table("accounts").add_column("device_generation", str)
+    db.execute(f"UPDATE accounts SET device_generation = {NEW_DEVICE_GENERATION}")
+
+
+def revoke_devices(db: Database, account_id: int) -> None:
+    """Give the account a new device generation, so no device cookie issued before counts (inside a write)."""
+    db.execute(f"UPDATE accounts SET device_generation = {NEW_DEVICE_GENERATION} WHERE id = ?", [account_id])
+
+
 def get_account(db: Database, username: str) -> dict | None:
     """Return the account with this username, or None."""
     rows = list(db.query("SELECT * FROM accounts WHERE username = ?", [username]))
@@ -430,18 +448,22 @@ def count_accounts(db: Database) -> int:
 
 
 def set_password(db: Database, username: str, password_hash: str, now: str) -> bool:
-    """Create the account or replace its password and end its sessions; return True if created."""
+    """Create the account or replace its password, ending its sessions and device cookies; return True if created."""
     with write(db):
         account = get_account(db, username)
         if account is None:
-            db.table("accounts").insert(
-                {"username": username, "password_hash": password_hash, "created_at": now, "updated_at": now}
+            account_id = (
+                db.table("accounts")
+                .insert({"username": username, "password_hash": password_hash, "created_at": now, "updated_at": now})
+                .last_pk
             )
+            revoke_devices(db, account_id)
             return True
         db.execute(
             "UPDATE accounts SET password_hash = ?, updated_at = ? WHERE id = ?", [password_hash, now, account["id"]]
         )
         db.execute("DELETE FROM admin_sessions WHERE account_id = ?", [account["id"]])
+        revoke_devices(db, account["id"])
         return False
 
 
@@ -500,8 +522,9 @@ def end_session(db: Database, session_hash: str) -> None:
 
 
 def end_account_sessions(db: Database, account_id: int) -> int:
-    """Forget every session of an account (sign out everywhere); return how many there were."""
+    """Sign out everywhere: end every session of an account and revoke its device cookies; return how many sessions."""
     with write(db):
+        revoke_devices(db, account_id)
         return db.execute("DELETE FROM admin_sessions WHERE account_id = ?", [account_id]).rowcount
 
 
@@ -1066,6 +1089,49 @@ def m009_outbox_channels(db: Database) -> None:
     db.table("outbox").create_index(["channel", "status", "next_attempt_at"])  # each sender's claim
     db.table("outbox").create_index(["channel", "target", "status"])
     db.table("outbox").create_index(["kind", "to_addr", "created_at"])  # one confirmation a day per address
+
+
+# Before m012, an ntfy alert's address and Apprise's errors about it were stored with the topic in full.
+STORED_NTFY_ADDRESS = re.compile(r"\bntfys?://[^\s?'\"]*")
+STORED_NTFY_ERROR_TOPIC = re.compile(r"(?<=topic ')[a-z0-9_-]+(?=')", re.IGNORECASE)
+
+
+def _masked_topic(topic: str) -> str:
+    """A topic as Apprise masks a token: its first and last character."""
+    return f"{topic[0]}...{topic[-1]}" if topic else topic
+
+
+def _masked_ntfy_address(address: str) -> str:
+    """A stored ntfy address with its topics masked; a host of your own stays shown."""
+    scheme, _, rest = address.partition("://")
+    parts = rest.split("/")
+    # ntfy.sh itself was shown as topics only, and a topic is letters, digits, _ and -: a part with more is a host
+    # (a bare host name is masked too, which hides nothing secret).
+    first_topic = 1 if re.search(r"[.:@\[]", parts[0]) or parts[0] == "localhost" else 0
+    return f"{scheme}://" + "/".join(parts[:first_topic] + [_masked_topic(topic) for topic in parts[first_topic:]])
+
+
+def masked_stored_ntfy(text: str | None) -> str | None:
+    """Stored text with each ntfy topic masked, in an address or in an error naming the topic."""
+    if not text:
+        return text
+    text = STORED_NTFY_ERROR_TOPIC.sub(lambda match: _masked_topic(match[0]), text)
+    return STORED_NTFY_ADDRESS.sub(lambda match: _masked_ntfy_address(match[0]), text)
+
+
+@migrations()
+def m012_mask_stored_ntfy_topics(db: Database) -> None:
+    """Mask the ntfy topics stored in full before: alert addresses, their errors, the audit log's test lines."""
+    db.register_function(masked_stored_ntfy, deterministic=True)
+    db.execute(
+        "UPDATE outbox SET to_addr = masked_stored_ntfy(to_addr), last_error = masked_stored_ntfy(last_error)"
+        " WHERE channel = 'alert'"
+    )
+    db.execute(
+        "UPDATE email_attempts SET error = masked_stored_ntfy(error)"
+        " WHERE outbox_id IN (SELECT id FROM outbox WHERE channel = 'alert')"
+    )
+    db.execute("UPDATE audit_log SET detail = masked_stored_ntfy(detail) WHERE action = 'test alert queued'")
 
 
 def confirmed_since(db: Database, address: str, since: str) -> bool:

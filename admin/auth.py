@@ -205,7 +205,7 @@ def start_session(account: dict, target: str, now: datetime):
     audit("signed in")
     log.info("admin %s signed in", account["id"])
     response = redirect(target, 303)
-    remember_device(response, account["username"])
+    remember_device(response, account)
     return response
 
 

@@ -2,6 +2,7 @@
 
 A browser that has signed in successfully carries a device cookie naming the account (OWASP's
 "device cookies"). Failed sign-ins from elsewhere do not pause it; it has its own, smaller limit.
+"Sign out everywhere" and a new password revoke every device cookie the account issued before.
 """
 
 import secrets
@@ -9,6 +10,8 @@ from datetime import timedelta
 
 from flask import Response, current_app, request, url_for
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+import db
 
 DEVICE_COOKIE = "admin_device"
 DEVICE_LIFETIME = timedelta(days=365)
@@ -52,7 +55,11 @@ def serializer() -> URLSafeTimedSerializer:
 
 
 def known_device(username: str | None = None) -> str | None:
-    """This browser's device id when its cookie is genuine, unexpired and (if given) names `username`."""
+    """This browser's device id when its cookie is genuine, unexpired, names `username` (if given) and is not revoked.
+
+    A cookie is revoked when its account's device generation has changed since it was issued:
+    "Sign out everywhere" and a new password change it.
+    """
     raw = request.cookies.get(DEVICE_COOKIE)
     if not raw:
         return None
@@ -60,18 +67,22 @@ def known_device(username: str | None = None) -> str | None:
         data = serializer().loads(raw, max_age=DEVICE_LIFETIME.total_seconds())
     except BadSignature:
         return None
-    if not isinstance(data, dict) or not isinstance(data.get("device"), str):
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in ("account", "device", "generation")):
         return None
-    if username is not None and data.get("account") != username:
+    if username is not None and data["account"] != username:
+        return None
+    account = db.get_account(db.get_db(), data["account"])
+    if account is None or account["device_generation"] != data["generation"]:
         return None
     return data["device"]
 
 
-def remember_device(response: Response, username: str) -> None:
-    """Give the browser a fresh device cookie naming `username`, sent only to the sign-in page."""
+def remember_device(response: Response, account: dict) -> None:
+    """Give the browser a fresh device cookie naming the account and its device generation, sent only to sign-in."""
+    generation, device = account["device_generation"], secrets.token_urlsafe(16)
     response.set_cookie(
         DEVICE_COOKIE,
-        serializer().dumps({"account": username, "device": secrets.token_urlsafe(16)}),
+        serializer().dumps({"account": account["username"], "device": device, "generation": generation}),
         max_age=int(DEVICE_LIFETIME.total_seconds()),
         path=url_for("admin.login"),
         secure=current_app.config["HTTPS"],

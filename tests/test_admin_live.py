@@ -30,12 +30,13 @@ def send_form(opener, url: str, page: str, **fields):
     return opener.open(url, data=data)
 
 
-def create_admin(data_dir: Path, name: str) -> str:
+def create_admin(data_dir: Path, name: str, password: str = OWNER_PASSWORD) -> str:
+    """Run the real `flask --app app create-admin NAME` for the site in `data_dir`; its output."""
     flask = Path(sys.executable).with_name("flask")
     env = {**os.environ, "DATA_DIR": str(data_dir), "SECRET_KEY": "live-test"}
     done = subprocess.run(
         [str(flask), "--app", "app", "create-admin", name],
-        input=OWNER_PASSWORD + "\n",
+        input=password + "\n",
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -1,5 +1,5 @@
-"""What guessing costs: failures counted atomically, known browsers not locked out by strangers,
-attempts limited per network, and only a couple of password checks at once."""
+"""What guessing costs: failures counted atomically, known browsers not locked out by strangers (until
+"Sign out everywhere" or a new password), attempts limited per network, and only a couple of password checks at once."""
 
 import contextlib
 import re
@@ -8,12 +8,16 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from conftest import OWNER_PASSWORD, csrf_token, rows, sign_in
+from itsdangerous import URLSafeTimedSerializer
 from test_admin_live import create_admin as create_admin_on
+from werkzeug.security import generate_password_hash
 
+import db
 from admin import auth
 from admin.devices import DEVICE_COOKIE
 from app import create_app
@@ -21,6 +25,8 @@ from app import create_app
 ROOT = Path(__file__).resolve().parent.parent
 NO_MATCH = "That username and password do not match"
 PAUSED = "so sign-in is paused"
+STRANGER_PAUSED = "Too many failed sign-ins for this account"
+NEW_PASSWORD = "a brand new passphrase"
 BUSY = "Many sign-ins are being checked right now"
 
 
@@ -37,11 +43,15 @@ def app(settings):
 def known_browser(app, name: str = "owner", password: str = OWNER_PASSWORD):
     """A browser that signed in once (so it holds a device cookie) and signed out again."""
     client = app.test_client()
+    sign_in_and_out(client, name, password)
+    return client
+
+
+def sign_in_and_out(client, name: str = "owner", password: str = OWNER_PASSWORD) -> None:
     assert sign_in(client, name, password).status_code == 303
     assert client.get_cookie(DEVICE_COOKIE, path="/admin/login") is not None
     page = client.get("/admin").get_data(as_text=True)
     assert client.post("/admin/logout", data={"csrf_token": csrf_token(page)}).status_code == 303
-    return client
 
 
 def fail(client, times: int, name: str = "owner") -> list[int]:
@@ -62,6 +72,78 @@ def test_a_stranger_cannot_lock_the_owner_out_of_a_known_browser(app):
     assert owners_phone.get("/admin").status_code == 200
     # And its success does not reopen the account for strangers.
     assert sign_in(app.test_client()).status_code == 429
+
+
+def assert_paused_like_a_stranger(client, password: str = OWNER_PASSWORD) -> None:
+    paused = sign_in(client, "owner", password)
+    assert paused.status_code == 429
+    assert STRANGER_PAUSED in paused.get_data(as_text=True)
+
+
+def let_the_pause_pass(app) -> None:
+    """LOGIN_LOCK_MINUTES go by: the failures that paused sign-in no longer count."""
+    long_ago = datetime.now(UTC) - timedelta(minutes=app.config["LOGIN_LOCK_MINUTES"] + 1)
+    rows(app, "UPDATE login_failures SET at = ?", [long_ago.isoformat(timespec="seconds")])
+
+
+def test_sign_out_everywhere_makes_every_known_browser_a_stranger_until_it_signs_in_again(app):
+    most = app.config["LOGIN_MAX_FAILURES"]
+    stolen_phone = known_browser(app)
+    laptop = app.test_client()
+    assert sign_in(laptop).status_code == 303
+    page = laptop.get("/admin/status").get_data(as_text=True)
+    assert laptop.post("/admin/sessions/end-all", data={"csrf_token": csrf_token(page)}).status_code == 303
+    attacker = app.test_client()
+    assert fail(attacker, most) == [401] * most
+    # The phone's device cookie no longer counts, and neither does the one the laptop had when it clicked.
+    assert_paused_like_a_stranger(stolen_phone)
+    assert_paused_like_a_stranger(laptop)
+    # Once the pause is over, the laptop signs in and so is known again; the phone, which did not, is not.
+    let_the_pause_pass(app)
+    sign_in_and_out(laptop)
+    assert fail(attacker, most) == [401] * most
+    assert sign_in(laptop).status_code == 303
+    assert_paused_like_a_stranger(stolen_phone)
+
+
+def test_a_new_password_from_the_command_line_makes_every_known_browser_a_stranger_until_it_signs_in_again(app):
+    most = app.config["LOGIN_MAX_FAILURES"]
+    stolen_phone, owners_phone = known_browser(app), known_browser(app)
+    data_dir = Path(app.config["DATABASE"]).parent
+    assert "Password of 'owner' changed" in create_admin_on(data_dir, "owner", NEW_PASSWORD)
+    attacker = app.test_client()
+    assert fail(attacker, most) == [401] * most
+    assert_paused_like_a_stranger(stolen_phone, NEW_PASSWORD)
+    assert_paused_like_a_stranger(owners_phone, NEW_PASSWORD)
+    let_the_pause_pass(app)
+    sign_in_and_out(owners_phone, password=NEW_PASSWORD)
+    assert fail(attacker, most) == [401] * most
+    assert sign_in(owners_phone, password=NEW_PASSWORD).status_code == 303
+    assert_paused_like_a_stranger(stolen_phone, NEW_PASSWORD)
+
+
+def test_device_cookies_from_before_the_upgrade_count_no_more_and_browsers_are_known_again_after_signing_in(settings):
+    old = db.connect(str(Path(settings["DATA_DIR"]) / "leads.db"))
+    db.migrations.apply(old, stop_before=db.m011_account_device_generation.__name__)
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    account = {"username": "owner", "password_hash": generate_password_hash(OWNER_PASSWORD)}
+    old.table("accounts").insert({**account, "created_at": now, "updated_at": now})
+    old.close()
+    app = create_app(settings | {"LOGIN_RATE_LIMIT": "1000 per minute"})  # the upgrade
+    owners_phone = app.test_client()
+    # The cookie the site gave before the upgrade: signed with the same key, naming the account.
+    issued = URLSafeTimedSerializer(settings["SECRET_KEY"], salt="admin-device").dumps(
+        {"account": "owner", "device": "a phone"}
+    )
+    owners_phone.set_cookie(DEVICE_COOKIE, issued, path="/admin/login")
+    most = app.config["LOGIN_MAX_FAILURES"]
+    attacker = app.test_client()
+    assert fail(attacker, most) == [401] * most
+    assert_paused_like_a_stranger(owners_phone)
+    let_the_pause_pass(app)
+    sign_in_and_out(owners_phone)
+    assert fail(attacker, most) == [401] * most
+    assert sign_in(owners_phone).status_code == 303
 
 
 def test_a_known_browser_has_its_own_smaller_limit(app):

@@ -444,6 +444,74 @@ def test_status_page_lists_each_channel_masked_with_its_last_failure_and_a_test(
     assert owner.post("/admin/status/test/nosuchkey", data={"csrf_token": csrf_token(html)}).status_code == 404
 
 
+def test_status_page_masks_ntfy_topics_as_apprise_masks_tokens(settings, client):
+    # Apprise masks a Telegram bot's token, a Discord or Slack webhook's and Twilio's; an ntfy topic it shows
+    # in full, though anyone who knows the topic can read the alerts.
+    settings.update(
+        ALERT_URLS="ntfys://clinic-phone-m4v8r1zp https://ntfy.sh/clinic-desk-q7w2e9 "
+        "ntfy://user:s3cretpass@ntfy.clinic.example/clinic-alerts-7f3k9q2x "
+        "tgram://123456789:AAbbCCddEEff/987654321 discord://4174216298/JHMHI8qBe7bk2ZwO5U711o "
+        "slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ"
+    )
+    html = signed_in(create_app(settings)).get("/admin/status").get_data(as_text=True)
+    for topic in ("clinic-phone-m4v8r1zp", "clinic-desk-q7w2e9", "clinic-alerts-7f3k9q2x"):
+        assert topic not in html
+    assert "Phone alert to ntfys://c...p<" in html
+    assert "Phone alert to ntfys://c...9<" in html
+    assert "Phone alert to ntfy://user:****@ntfy.clinic.example/c...x<" in html
+    assert "Phone alert to tgram://1...f/987654321/<" in html
+    assert "Phone alert to discord://4...8/J...o/<" in html
+    assert "Phone alert to slack://T...2/A...D/T...Q//<" in html
+    for secret in ("s3cretpass", "AAbbCCddEEff", "JHMHI8qBe7bk2ZwO5U711o", "TIiajkdnlazkcOXrIdevi7FQ"):
+        assert secret not in html
+
+
+def test_a_failing_ntfy_alert_keeps_its_topic_off_the_status_and_lead_pages(settings, receiver):
+    own_server = receiver(answers=[500])
+    settings.update(ALERT_URLS=f"ntfy://127.0.0.1:{own_server.port}/clinic-alerts-7f3k9q2x")
+    app = create_app(settings)
+    owner = signed_in(app)
+    post_lead(owner)
+    send_channels(app)
+    assert json.loads(own_server.requests[0]["body"])["topic"] == "clinic-alerts-7f3k9q2x"  # sent to the real topic
+    html = owner.get("/admin/status").get_data(as_text=True)
+    assert f"Phone alert to ntfy://127.0.0.1:{own_server.port}/c...x:" in html  # the alert waiting for a retry
+    assert "topic &#39;c...x&#39;" in html and "error=500" in html  # and why, as Apprise said it
+    [lead_id] = [row["id"] for row in rows(app, "SELECT id FROM leads")]
+    lead_page = owner.get(f"/admin/leads/{lead_id}").get_data(as_text=True)
+    assert f"to ntfy://127.0.0.1:{own_server.port}/c...x:" in lead_page
+    for page in (html, lead_page):
+        assert "clinic-alerts-7f3k9q2x" not in page
+
+
+def test_ntfy_topics_stored_in_full_before_the_upgrade_are_masked_by_it(settings):
+    old = db.connect(str(Path(settings["DATA_DIR"]) / "leads.db"))
+    db.migrations.apply(old, stop_before=db.m012_mask_stored_ntfy_topics.__name__)
+    now = db.utcnow()
+    lead = {"form_id": "f1", "created_at": now, "updated_at": now, "name": "Old", "status": "new"}
+    lead_id = old.table("leads").insert(lead).last_pk
+    own_server, cloud = "ntfy://127.0.0.1:8080/clinic-alerts-7f3k9q2x", "ntfys://clinic-phone-m4v8r1zp"
+    error = "Failed to send ntfy notification to topic 'clinic-alerts-7f3k9q2x': Internal server error., error=500."
+    alert = {"lead_id": lead_id, "kind": "alert", "channel": "alert", "subject": "New appointment request #1"}
+    alert.update(body_text="-", attempts=1, created_at=now, updated_at=now)
+    failed = {**alert, "message_id": "a1", "to_addr": own_server, "status": "failed", "last_error": error}
+    failed_id = old.table("outbox").insert(failed).last_pk
+    old.table("email_attempts").insert({"outbox_id": failed_id, "at": now, "ok": 0, "error": error})
+    old.table("outbox").insert({**alert, "message_id": "a2", "to_addr": cloud, "status": "sent", "sent_at": now})
+    old.table("audit_log").insert({"at": now, "actor": "owner", "action": "test alert queued", "detail": cloud})
+    old.close()
+    app = create_app(settings)  # the upgrade
+    owner = signed_in(app)
+    status_page = owner.get("/admin/status").get_data(as_text=True)
+    lead_page = owner.get(f"/admin/leads/{lead_id}").get_data(as_text=True)
+    assert "Phone alert to ntfy://127.0.0.1:8080/c...x:" in status_page
+    assert "topic &#39;c...x&#39;: Internal server error., error=500." in status_page
+    assert "test alert queued, ntfys://c...p" in status_page
+    assert "to ntfy://127.0.0.1:8080/c...x:" in lead_page and "to ntfys://c...p:" in lead_page
+    for page in (status_page, lead_page):
+        assert "clinic-alerts-7f3k9q2x" not in page and "clinic-phone-m4v8r1zp" not in page
+
+
 def test_check_reports_a_webhook_without_secret_or_unreachable_and_an_unknown_alert_url(settings):
     settings.update(WEBHOOK_URL=f"http://127.0.0.1:{free_port()}/hook", ALERT_URLS="nosuchservice://x")
     app = create_app(settings)
