@@ -212,7 +212,7 @@ def post_webhook(url: str, secret: str | None, row: dict, now: datetime) -> str:
         "webhook-signature": Webhook(secret).sign(row["message_id"], moment, row["body_text"]),
     }
     request = urllib.request.Request(url, data=row["body_text"].encode(), headers=headers, method="POST")
-    opener = urllib.request.build_opener(NoRedirects)
+    opener = urllib.request.build_opener(NoRedirects, urllib.request.HTTPSHandler(context=notify.tls_context()))
     try:
         with opener.open(request, timeout=WEBHOOK_TIMEOUT_SECONDS) as response:
             return f"answered {response.status}"

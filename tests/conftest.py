@@ -5,6 +5,7 @@ import re
 import secrets
 import socket
 import sqlite3
+import subprocess
 import threading
 import time
 from datetime import UTC, datetime
@@ -340,3 +341,18 @@ def page(request, browser):
     tab.device = request.param
     yield tab
     context.close()
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory) -> dict:
+    """A self-signed certificate for 127.0.0.1 that no system trusts, made with the openssl CLI."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+        + ["-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1"]
+        + ["-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )
+    return {"cert": str(cert), "key": str(key)}

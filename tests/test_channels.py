@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import ssl
 import subprocess
 import sys
 import threading
@@ -31,7 +32,7 @@ UTM = "/?utm_source=google&utm_medium=cpc&utm_campaign=spring"
 class Receiver:
     """An HTTP server on loopback that records every request and answers from a script, then 200."""
 
-    def __init__(self, answers=()):
+    def __init__(self, answers=(), certificate: dict | None = None):
         self.requests: list[dict] = []
         self.answers = list(answers)
         receiver = self
@@ -53,6 +54,10 @@ class Receiver:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if certificate:  # HTTPS with a certificate no system trusts
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(certificate["cert"], certificate["key"])
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_port
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -76,8 +81,8 @@ def receiver():
     """Start receivers: receiver(answers=[500]) answers 500 once, then 200."""
     started = []
 
-    def start(answers=()) -> Receiver:
-        started.append(Receiver(answers))
+    def start(answers=(), certificate: dict | None = None) -> Receiver:
+        started.append(Receiver(answers, certificate))
         return started[-1]
 
     yield start
@@ -398,6 +403,21 @@ def test_webhook_receiver_down_is_retried(settings):
     assert send_channels(app) == 0
     [row] = rows(app, "SELECT status, last_error FROM outbox WHERE channel = 'webhook'")
     assert row["status"] == "pending" and "could not connect" in row["last_error"]
+
+
+def test_webhook_over_https_verifies_the_receivers_certificate(settings, receiver, certificate, monkeypatch):
+    site = receiver(certificate=certificate)
+    app = create_app({**settings, "WEBHOOK_URL": site.url("https"), "WEBHOOK_SECRET": SECRET})
+    post_lead(app.test_client())
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    assert send_channels(app) == 0
+    [row] = rows(app, "SELECT status, last_error FROM outbox WHERE channel = 'webhook'")
+    assert row["status"] == "pending" and "CERTIFICATE_VERIFY_FAILED" in row["last_error"]
+    assert site.requests == []
+    monkeypatch.setenv("SSL_CERT_FILE", certificate["cert"])  # the receiver's CA is trusted from now on
+    assert send_channels(app, later(3600)) == 1
+    [delivered] = site.requests
+    assert json.loads(delivered["body"])["type"] == "lead.created" and delivered["headers"]["webhook-signature"]
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,6 @@
 """SMTP encryption: the certificate is verified, and a password never crosses an unencrypted connection."""
 
 import ssl
-import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -13,21 +12,6 @@ from conftest import Inbox, drain, free_port, post_lead, rows
 import config
 import notify
 from app import create_app
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory) -> dict:
-    """A self-signed certificate for 127.0.0.1 that no system trusts, made with the openssl CLI."""
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
-        + ["-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1"]
-        + ["-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True,
-        capture_output=True,
-    )
-    return {"cert": str(cert), "key": str(key)}
 
 
 class Mailbox(Inbox):
