@@ -141,15 +141,15 @@ def add_lead(app, created: datetime | None = None, status: str | None = None, **
     return lead_id
 
 
-def drain(app, now=None) -> int:
-    """Run one pass of the outbox sender, as the background thread would."""
+def drain(app, now=None, send_pass=None) -> int:
+    """Run one pass of the email sender (or of `send_pass`, e.g. channels.drain), as its thread would."""
     import db
     import notify
 
     with app.app_context():
         database = db.connect(app.config["DATABASE"])
         try:
-            return notify.drain(database, app.config, now=now)
+            return (send_pass or notify.drain)(database, app.config, now=now)
         finally:
             database.close()
 

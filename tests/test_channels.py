@@ -92,11 +92,7 @@ def receiver():
 
 def send_channels(app, now: datetime | None = None) -> int:
     """One pass of the alert and webhook sender, as its thread would run it."""
-    database = db.connect(app.config["DATABASE"])
-    try:
-        return channels.drain(database, app.config, now=now)
-    finally:
-        database.close()
+    return drain(app, now, channels.drain)
 
 
 def later(seconds: float) -> datetime:
