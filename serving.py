@@ -19,7 +19,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.security import safe_join
 
 import visits
-from forms import visit_fields
+from forms import uncompressed, visit_fields
 
 log = logging.getLogger("clinic.request")
 
@@ -164,13 +164,15 @@ def keep_log_records_on_one_line() -> None:
 
 
 class SessionCookies(SecureCookieSessionInterface):
-    """Flask's signed-cookie sessions, with the signing serializer made once instead of twice a request."""
+    """Flask's signed-cookie sessions; the signing serializer is made once (not twice a request), uncompressed."""
 
     def get_signing_serializer(self, app: Flask):
         keys = (app.secret_key, tuple(app.config.get("SECRET_KEY_FALLBACKS") or ()))
         cached = app.extensions.get("session_serializer")
         if cached is None or cached[0] != keys:
-            cached = app.extensions["session_serializer"] = (keys, super().get_signing_serializer(app))
+            serializer = super().get_signing_serializer(app)
+            cached = (keys, uncompressed(serializer) if serializer is not None else None)
+            app.extensions["session_serializer"] = cached
         return cached[1]
 
 
@@ -269,7 +271,8 @@ def first_visit_landing(app: Flask, wsgi_app):
     interface = app.session_interface
     cookie_name = interface.get_cookie_name(app)
     csrf_key = app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
-    csrf_signer = URLSafeTimedSerializer(app.config.get("WTF_CSRF_SECRET_KEY") or app.secret_key, salt="wtf-csrf-token")
+    csrf_secret = app.config.get("WTF_CSRF_SECRET_KEY") or app.secret_key
+    csrf_signer = uncompressed(URLSafeTimedSerializer(csrf_secret, salt="wtf-csrf-token"))
     cookie_options = {
         "domain": interface.get_cookie_domain(app),
         "path": interface.get_cookie_path(app),
