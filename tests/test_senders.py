@@ -96,7 +96,7 @@ def test_a_worker_that_shuts_down_finishes_its_email_and_sends_no_more(settings,
         # its sender must not take the next email in that time.
         slow = socket.create_connection(("127.0.0.1", server.port))
         slow.sendall(b"POST /contact HTTP/1.1\r\nHost: clinic\r\nContent-Length: 500\r\n\r\nname=")
-        time.sleep(0.5)  # the request is in a worker thread
+        time.sleep(1)  # the request is in a worker thread, waiting for the rest of its body
         os.killpg(server.process.pid, signal.SIGTERM)
         time.sleep(1)
         assert server.process.poll() is None  # still finishing the slow request
