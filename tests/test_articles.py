@@ -254,6 +254,18 @@ def test_a_refused_form_is_shown_again_on_the_article_it_was_sent_from(site):
     assert form_fields(html)["landing_page"] == SLEEP
 
 
+def test_an_articles_image_is_its_sharing_image(settings, content):
+    sleep = content / "acupuncture-for-sleep.md"
+    sleep.write_text(sleep.read_text().replace("updated: 2026-12-08\n", "updated: 2026-12-08\nimage: favicon.svg\n", 1))
+    client = create_app({**settings, "CONTENT_DIR": str(content)}).test_client()
+    html = client.get(SLEEP).get_data(as_text=True)
+    [shared] = re.findall(r'<meta property="og:image" content="([^"]+)"', html)
+    assert re.fullmatch(r"https://clinic\.example/static/favicon\.svg\?v=\w+", shared)
+    assert json_ld(html)["Article"]["image"] == shared
+    home = client.get("/").get_data(as_text=True)  # an article without `image` keeps the site's picture
+    assert "/static/og.png?v=" in re.findall(r'<meta property="og:image" content="([^"]+)"', home)[0]
+
+
 def test_html_in_markdown_is_shown_as_text(settings, content):
     (content / "acupuncture-for-sleep.md").write_text(
         (content / "acupuncture-for-sleep.md").read_text()
