@@ -294,7 +294,6 @@ def contact():
                     db.enqueue_email(database, row, now)
     except sqlite3.Error:
         log.exception("could not store a lead")
-        db.discard_connection()
         abort(503)
     if is_new:
         log.info("lead %s stored%s", lead_id, " as spam: " + lead["spam_reason"] if reasons else "")
@@ -338,6 +337,5 @@ def health():
         counts = db.email_counts(db.get_db())
     except sqlite3.Error as error:
         log.error("health check: the database cannot be read: %s", error)
-        db.discard_connection()
         return {"database": f"cannot be read: {error}"}, 503
     return {"database": "ok", "emails_waiting": counts["waiting"], "emails_failed": counts["failed"]}

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import click
-from flask import Flask, current_app, g
+from flask import Flask, current_app, g, has_request_context
 from flask.cli import with_appcontext
 from sqlite_utils import Database
 from sqlite_utils.db import ForeignKey, NotFoundError
@@ -114,19 +114,18 @@ def write(db: Database) -> Iterator[Database]:
 
     A deferred BEGIN that reads and then writes fails at once with "database is
     locked" when another process committed in between; BEGIN IMMEDIATE waits instead.
+    In a request, a failed write also retires the thread's kept connection (see close_db): one whose
+    write failed (a full disk, a file made read-only) can stay failed after the cause is gone.
     """
     db.conn.execute("BEGIN IMMEDIATE")
     try:
         yield db
-    except BaseException:
+        db.conn.execute("COMMIT")
+    except BaseException as error:
         db.rollback()
+        if isinstance(error, sqlite3.Error) and has_request_context() and g.get("db") is db:
+            g.db_failed = True  # close_db opens a new one for the thread's next request
         raise
-    else:
-        try:
-            db.conn.execute("COMMIT")
-        except BaseException:
-            db.rollback()
-            raise
 
 
 def migrate(path: str) -> None:
@@ -178,7 +177,7 @@ def close_db(exc: BaseException | None = None) -> None:
     database = g.pop("db", None)
     if database is None:
         return
-    if isinstance(exc, sqlite3.Error):
+    if isinstance(exc, sqlite3.Error) or g.pop("db_failed", False):
         forget_thread_connection()
         return
     try:
@@ -186,16 +185,6 @@ def close_db(exc: BaseException | None = None) -> None:
             database.conn.rollback()
     except sqlite3.Error:
         forget_thread_connection()
-
-
-def discard_connection() -> None:
-    """Close the request's connection after a database error, so the thread's next request opens a sound one.
-
-    A connection whose write failed (a full disk, a file made read-only) can stay failed after the
-    cause is gone; a new connection recovers at once.
-    """
-    g.pop("db", None)
-    forget_thread_connection()
 
 
 def forget_thread_connection() -> None:
