@@ -990,7 +990,7 @@ def queue_reminder(db: Database, lead_id: int, email: dict, now: str) -> bool:
 
 
 @migrations()
-def m006_lead_data_goes_with_its_lead(db: Database) -> None:
+def m003_lead_data_goes_with_its_lead(db: Database) -> None:
     """Emails, their attempts and notes point at their lead with ON DELETE CASCADE (a table rebuild each)."""
     # Rows whose parent is already gone would fail the new constraint; they belong to nobody.
     db.execute("DELETE FROM email_attempts WHERE outbox_id NOT IN (SELECT id FROM outbox)")
@@ -1006,7 +1006,7 @@ def m006_lead_data_goes_with_its_lead(db: Database) -> None:
 
 
 @migrations()
-def m007_housekeeping(db: Database) -> None:
+def m004_housekeeping(db: Database) -> None:
     """When the daily housekeeping is next due, and a log of each backup and purge."""
     db.table("housekeeping").create(
         {"job": str, "due_at": str, "claimed_at": str, "claimed_by": str}, pk="job", not_null={"due_at"}

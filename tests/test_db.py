@@ -3,6 +3,8 @@
 import multiprocessing
 import sqlite3
 
+from conftest import post_lead
+
 import db
 from app import create_app
 
@@ -35,6 +37,30 @@ def test_schema_is_created_and_upgraded_idempotently(settings):
         "user_agent",
     ]:
         assert name in columns
+
+
+# The migrations a database made by the site before search, channels, articles and analytics holds.
+EARLIER_MIGRATIONS = ["m001_leads_and_outbox", "m002_admin", "m003_lead_data_goes_with_its_lead", "m004_housekeeping"]
+
+
+def test_a_database_from_an_earlier_version_takes_every_later_migration(settings, tmp_path):
+    path = str(tmp_path / "leads.db")
+    earlier = db.connect(path)
+    db.migrations.ensure_migrations_table(earlier)
+    for name in EARLIER_MIGRATIONS:  # as that version applied them: by these names, in this order
+        with earlier.atomic():
+            getattr(db, name)(earlier)
+            earlier["_sqlite_migrations"].insert({"migration_set": "clinic", "name": name, "applied_at": "2026-11-20"})
+    earlier["leads"].insert({"form_id": "f", "created_at": "x", "updated_at": "x", "name": "Old", "status": "new"})
+    earlier.conn.commit()
+    earlier.close()
+
+    app = create_app({**settings, "DATABASE": path})
+    assert [m.name for m in db.migrations.pending(db.connect(path))] == []
+    assert post_lead(app.test_client(), name="New").status_code == 303
+    conn = sqlite3.connect(path)
+    assert [r[0] for r in conn.execute("SELECT name FROM leads ORDER BY id")] == ["Old", "New"]
+    assert [r[0] for r in conn.execute("SELECT landing_page FROM leads ORDER BY id")] == ["/", "/"]
 
 
 def test_init_db_command(app):

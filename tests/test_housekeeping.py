@@ -245,7 +245,7 @@ def flask_env(data_dir) -> dict:
 def test_migration_gives_an_existing_database_cascading_deletes(tmp_path):
     path = str(tmp_path / "leads.db")
     database = db.connect(path)
-    db.migrations.apply(database, stop_before=db.m006_lead_data_goes_with_its_lead.__name__)
+    db.migrations.apply(database, stop_before=db.m003_lead_data_goes_with_its_lead.__name__)
     with db.write(database):
         lead_id, _ = db.add_lead(database, {"form_id": "f", "name": "Before", "is_spam": 0}, db.utcnow())
         email = {"lead_id": lead_id, "kind": "lead", "to_addr": "a@b", "subject": "s", "body_text": "b"}
