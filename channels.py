@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import apprise
 import click
-from flask import Flask, current_app
+from flask import Flask
 from standardwebhooks import Webhook
 
 import confirmation
@@ -114,15 +114,10 @@ def destinations(config: dict) -> dict[str, tuple[str, str]]:
     return found
 
 
-def admin_link(lead: dict, config: dict) -> str:
-    """The lead's page in the admin."""
-    return f"{config['SITE_URL']}/admin/leads/{lead['id']}"
-
-
 def alert_rows(lead: dict, config: dict) -> list[dict]:
     """One alert per ALERT_URLS address for a new lead: its number and link; name and phone only if ALERT_DETAILS."""
     title = f"New appointment request #{lead['id']}"
-    body = f"{title} — open it: {admin_link(lead, config)}"
+    body = f"{title} — open it: {notify.admin_link(lead, config)}"
     if config["ALERT_DETAILS"]:  # never the message: chat and SMS services are third parties
         body += "\n" + " · ".join(part for part in (lead["name"], lead.get("phone")) if part)
     return [alert_row(url, lead["id"], "alert", title, body) for url in config["ALERT_URLS"]]
@@ -168,7 +163,7 @@ def lead_event(event: str, lead: dict, config: dict, now: str) -> list[dict]:
     data = {field: lead.get(field) for field in LEAD_FIELDS}
     if "landing_page" in lead:
         data["landing_page"] = lead["landing_page"]
-    data["admin_url"] = admin_link(lead, config)
+    data["admin_url"] = notify.admin_link(lead, config)
     return [webhook_row(event, data, config, now, lead["id"])]
 
 
@@ -255,13 +250,10 @@ def send_row(database, row: dict, found: tuple[str, str] | None, now: datetime, 
             outcome = post_webhook(found[1], config["WEBHOOK_SECRET"], row, now)
     except Exception as error:  # noqa: BLE001 - any failure must be recorded, never lose the row
         reason = notify.header_safe(str(error))[:500] or type(error).__name__
-        too_old = now - datetime.fromisoformat(row["created_at"]) > notify.GIVE_UP_AFTER
-        if isinstance(error, PermanentFailure) or too_old:
-            db.mark_failed(database, row["id"], stamp, reason)
+        retry_at = notify.record_failure(database, row, reason, isinstance(error, PermanentFailure), now)
+        if retry_at is None:
             log.error("%s failed for good (attempt %s): %s", what, row["attempts"], reason)
         else:
-            retry_at = (now + notify.backoff(row["attempts"])).isoformat(timespec="seconds")
-            db.mark_retry(database, row["id"], stamp, reason, retry_at)
             log.warning("%s not delivered (attempt %s), retry at %s: %s", what, row["attempts"], retry_at, reason)
         return False
     if db.mark_sent(database, row["id"], stamp):
@@ -339,12 +331,3 @@ def init_app(app: Flask) -> None:
 def webhook_secret_command() -> None:
     """Print a fresh WEBHOOK_SECRET (whsec_ and 32 random bytes in base64) for the site and the receiver."""
     click.echo("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())
-
-
-def send_command_pass() -> int:
-    """Deliver every due alert and webhook event once (part of `flask outbox send`)."""
-    database = db.connect(current_app.config["DATABASE"])
-    try:
-        return drain(database, current_app.config)
-    finally:
-        database.close()

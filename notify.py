@@ -47,9 +47,14 @@ def header_safe(value: str | None) -> str:
     return " ".join(kept.split())
 
 
+def admin_link(lead: dict, config: dict) -> str:
+    """The lead's page in the admin."""
+    return f"{config['SITE_URL']}/admin/leads/{lead['id']}"
+
+
 def lead_email(lead: dict, config: dict) -> dict:
     """Return the outbox row for a new lead's notification, rendered now."""
-    link = f"{config['SITE_URL']}/admin/leads/{lead['id']}"
+    link = admin_link(lead, config)
     context = {
         "lead": lead,
         "link": link,
@@ -282,9 +287,8 @@ def send_one(database, row: dict, send: Callable[[Message], str], now: datetime,
         raise
     except Exception as error:  # noqa: BLE001 - any failure must be recorded, never lose the row
         reason = describe(error)
-        age = now - datetime.fromisoformat(row["created_at"])
-        if is_permanent(error) or age > GIVE_UP_AFTER:
-            db.mark_failed(database, row["id"], stamp, reason)
+        retry_at = record_failure(database, row, reason, is_permanent(error), now)
+        if retry_at is None:
             log.error(
                 "email %s for lead %s failed for good (attempt %s): %s",
                 row["id"],
@@ -293,8 +297,6 @@ def send_one(database, row: dict, send: Callable[[Message], str], now: datetime,
                 reason,
             )
         else:
-            retry_at = (now + backoff(row["attempts"])).isoformat(timespec="seconds")
-            db.mark_retry(database, row["id"], stamp, reason, retry_at)
             log.warning(
                 "email %s for lead %s not sent (attempt %s), retry at %s: %s",
                 row["id"],
@@ -313,10 +315,29 @@ def send_one(database, row: dict, send: Callable[[Message], str], now: datetime,
     return True
 
 
+def retry_time(row: dict, now: datetime) -> str:
+    """When a row that has just failed is due again: after its backoff."""
+    return (now + backoff(row["attempts"])).isoformat(timespec="seconds")
+
+
+def record_failure(database, row: dict, reason: str, permanent: bool, now: datetime) -> str | None:
+    """Record a failed attempt of an outbox row; return when it is due again, or None if it failed for good.
+
+    It fails for good when the failure is `permanent` or the row is older than GIVE_UP_AFTER.
+    """
+    stamp = now.isoformat(timespec="seconds")
+    if permanent or now - datetime.fromisoformat(row["created_at"]) > GIVE_UP_AFTER:
+        db.mark_failed(database, row["id"], stamp, reason)
+        return None
+    retry_at = retry_time(row, now)
+    db.mark_retry(database, row["id"], stamp, reason, retry_at)
+    return retry_at
+
+
 def back_off_all(database, row: dict, reason: str, now: datetime, config: dict) -> None:
     """The mail server cannot be used: record the one attempt, move every waiting email to the same later time."""
     stamp = now.isoformat(timespec="seconds")
-    retry_at = (now + backoff(row["attempts"])).isoformat(timespec="seconds")
+    retry_at = retry_time(row, now)
     db.mark_retry(database, row["id"], stamp, reason, retry_at)
     others = db.defer_waiting_emails(database, stamp, reason, retry_at)
     log.warning(
@@ -435,15 +456,11 @@ def send_command(to_files: bool) -> None:
     config = current_app.config
     import channels  # here, not at the top: channels builds on this module
 
-    click.echo(f"{channels.send_command_pass()} alert(s) and webhook event(s) delivered")
-    if not config["MAIL_SERVER"] and not to_files:
-        raise click.ClickException(
-            "MAIL_SERVER is not set, so nobody would receive these emails; nothing was sent. "
-            "Run this with the server's mail settings, or pass --to-files to write them under DATA_DIR/mail."
-        )
-    database = db.connect(config["DATABASE"])
-    try:
-        sent = drain(database, config)
-    finally:
-        database.close()
-    click.echo(f"{sent} email(s) sent")
+    with contextlib.closing(db.connect(config["DATABASE"])) as database:
+        click.echo(f"{channels.drain(database, config)} alert(s) and webhook event(s) delivered")
+        if not config["MAIL_SERVER"] and not to_files:
+            raise click.ClickException(
+                "MAIL_SERVER is not set, so nobody would receive these emails; nothing was sent. "
+                "Run this with the server's mail settings, or pass --to-files to write them under DATA_DIR/mail."
+            )
+        click.echo(f"{drain(database, config)} email(s) sent")

@@ -38,11 +38,6 @@ def init_app(app: Flask) -> None:
         pass  # db.init_app said what is wrong with the database
 
 
-def stamp(moment: datetime) -> str:
-    """A moment as the stored ISO-8601 UTC text."""
-    return moment.astimezone(UTC).isoformat(timespec="seconds")
-
-
 def clinic_zone() -> ZoneInfo:
     return ZoneInfo(current_app.config["CLINIC_TIMEZONE"])
 

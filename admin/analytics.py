@@ -10,7 +10,7 @@ from flask import Response, current_app, render_template, request
 
 import db
 import visits
-from admin import bp, clinic_zone, stamp
+from admin import bp, clinic_zone
 from admin.inbox import csv_cell, read_filters
 
 CSV_COLUMNS = ["day", "page", "source", "medium", "campaign", "page_views", "visitors", "requests", "booked"]
@@ -38,8 +38,8 @@ def counts_by_row(first: date, last: date) -> dict[tuple, dict[str, int]]:
     for row in db.visit_counts(database, first.isoformat(), last.isoformat()):
         key = tuple(row[name] for name in db.VISIT_KEY)
         merged[key] = {"page_views": row["page_views"], "visitors": row["visitors"], "requests": 0, "booked": 0}
-    since = stamp(datetime.combine(first, time.min, zone))
-    until = stamp(datetime.combine(last + timedelta(days=1), time.min, zone))
+    since = db.iso_utc(datetime.combine(first, time.min, zone))
+    until = db.iso_utc(datetime.combine(last + timedelta(days=1), time.min, zone))
     own_hosts = {visits.host_of(current_app.config["SITE_URL"])}
     for lead in db.leads_for_analytics(database, since, until):
         day = visits.day_of(lead["created_at"], zone).isoformat()

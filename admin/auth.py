@@ -22,7 +22,7 @@ from flask import (
 from werkzeug.security import check_password_hash, generate_password_hash
 
 import db
-from admin import audit, bp, log, stamp
+from admin import audit, bp, log
 from admin.devices import browser_name, known_device, remember_device
 from extensions import client_address, limiter
 from forms import LoginForm
@@ -57,8 +57,8 @@ def signed_in_account(now: datetime) -> dict | None:
         session.pop("admin_sid")
         flash("Your session has ended. Please sign in again.")
         return None
-    if account["last_seen_at"] < stamp(now - TOUCH_EVERY):
-        db.touch_session(database, account["session_id"], stamp(now))
+    if account["last_seen_at"] < db.iso_utc(now - TOUCH_EVERY):
+        db.touch_session(database, account["session_id"], db.iso_utc(now))
     return account
 
 
@@ -105,7 +105,7 @@ def session_limits(now: datetime) -> tuple[str, str]:
     """(idle_before, started_before): a session last used before the first or started before the second has ended."""
     cfg = current_app.config
     idle_before = now - timedelta(minutes=cfg["ADMIN_IDLE_MINUTES"])
-    return stamp(idle_before), stamp(now - timedelta(hours=cfg["ADMIN_SESSION_HOURS"]))
+    return db.iso_utc(idle_before), db.iso_utc(now - timedelta(hours=cfg["ADMIN_SESSION_HOURS"]))
 
 
 def live_sessions(account: dict, now: datetime) -> list[dict]:
@@ -125,7 +125,7 @@ def add_attempt(username: str, device: str | None, now: datetime) -> tuple[list[
     else:
         limits = {f"account:{username}": most, f"address:{client_address()}": most * ADDRESS_FAILURE_FACTOR}
     window = timedelta(minutes=cfg["LOGIN_LOCK_MINUTES"])
-    ids, oldest = db.add_sign_in_attempt(db.get_db(), limits, stamp(now - window), stamp(now))
+    ids, oldest = db.add_sign_in_attempt(db.get_db(), limits, db.iso_utc(now - window), db.iso_utc(now))
     if oldest is None:
         return ids, 0
     # Open again once the oldest failure that still counts leaves the window.
@@ -198,7 +198,7 @@ def start_session(account: dict, target: str, now: datetime):
     session.clear()
     sid = secrets.token_urlsafe(32)
     browser = browser_name(request.user_agent.string)
-    db.start_session(database, session_hash(sid), account["id"], request.remote_addr or "", browser, stamp(now))
+    db.start_session(database, session_hash(sid), account["id"], request.remote_addr or "", browser, db.iso_utc(now))
     db.end_expired_sessions(database, *session_limits(now))
     session["admin_sid"] = sid
     g.account = account

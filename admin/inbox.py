@@ -11,7 +11,7 @@ from flask import Response, render_template, request, stream_with_context
 import articles
 import db
 import housekeeping
-from admin import audit, bp, clinic_zone, stamp
+from admin import audit, bp, clinic_zone
 
 PAGE_SIZE = 25
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -55,9 +55,9 @@ def query_args(filters: dict) -> dict:
     zone = clinic_zone()
     since = until = None
     if filters["from"]:
-        since = stamp(datetime.combine(date.fromisoformat(filters["from"]), time.min, zone))
+        since = db.iso_utc(datetime.combine(date.fromisoformat(filters["from"]), time.min, zone))
     if filters["to"]:
-        until = stamp(datetime.combine(date.fromisoformat(filters["to"]) + timedelta(days=1), time.min, zone))
+        until = db.iso_utc(datetime.combine(date.fromisoformat(filters["to"]) + timedelta(days=1), time.min, zone))
     landing_page = articles.by_slug(filters["article"])["path"] if filters["article"] else None
     return {"q": filters["q"], "since": since, "until": until, "landing_page": landing_page}
 
@@ -67,7 +67,7 @@ def dashboard(now: datetime) -> dict:
     zone = clinic_zone()
     today = now.astimezone(zone).date()
     first = today - timedelta(days=29)
-    bounds = [stamp(datetime.combine(first + timedelta(days=i), time.min, zone)) for i in range(31)]
+    bounds = [db.iso_utc(datetime.combine(first + timedelta(days=i), time.min, zone)) for i in range(31)]
     counts = db.leads_per_period(db.get_db(), bounds)
     per_day = dict(zip((first + timedelta(days=i) for i in range(30)), counts, strict=True))
     sources = Counter()
