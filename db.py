@@ -687,8 +687,8 @@ def _lead_filter(
     The FTS5 query, if the text has a letter or digit, is returned as params["fts"].
     """
     clauses, params = [], {}
-    if fts_query(q):
-        params["fts"] = fts_query(q)
+    if query := fts_query(q):
+        params["fts"] = query
     elif q:  # only punctuation, which the index does not hold: look for it as it is, row by row
         params["q"] = like_pattern(q)
         fields = ("name", "email", "phone", "message")
