@@ -260,10 +260,10 @@ class Counter:
         self.database = app.config["DATABASE"]
         self.own_hosts = {host_of(app.config["SITE_URL"])}
         self.visitors = SHARED or VisitorTable()  # outside gunicorn (tests, `make dev`) one process is the server
-        self.visits: deque[tuple[tuple, bool]] = deque()  # added up by flush(), off the request path
+        self.visits: deque[tuple] = deque()  # (day, page, agent, utm query, referrer, host, new visitor): see take()
         self.unwritten: dict[tuple, list[int]] = {}  # counts a failed write left for the next one
         self.flush_lock = threading.Lock()  # the writing thread and the analytics page may flush at once
-        self.bots: dict[str, bool] = {}
+        self.bots: dict[str, bool] = {}  # this cache and the next: only take() uses them, holding flush_lock
         self.sources: dict[tuple[str, str, str], tuple[str, str, str]] = {}
         self.day, self.ordinal, self.day_starts, self.day_ends = "", 0, 0.0, 0.0
 
@@ -288,41 +288,47 @@ class Counter:
         if not self.day_starts <= now < self.day_ends:
             self.set_day(now)
         agent = environ.get("HTTP_USER_AGENT", "")
+        new_visitor = False
+        if environ.get("HTTP_SEC_GPC") != "1" and environ.get("HTTP_DNT") != "1":
+            # Bots too: telling them apart waits for take(), off the request path (a user agent not seen
+            # before costs crawlerdetect up to a millisecond); a bot's visitor is never counted there.
+            new_visitor = self.visitors.add(self.ordinal, environ.get("REMOTE_ADDR", ""), agent)
+        query = environ.get("QUERY_STRING", "")
+        visit = (self.day, path[:200], agent, query if "utm_" in query else "", environ.get("HTTP_REFERER", ""))
+        # atomic: no lock a thread could hold across a GIL switch
+        self.visits.append((*visit, environ.get("HTTP_HOST", ""), new_visitor))
+
+    def source(self, query: str, referrer: str, host: str) -> tuple[str, str, str]:
+        """(source, medium, campaign) of a visit, from a cache keyed by its utm_ query, referrer and host."""
+        cache_key = (query, referrer, host)
+        found = self.sources.get(cache_key)
+        if found is None:
+            utm = {k: v[0] for k, v in parse_qs(query).items()} if query else {}
+            own = {*self.own_hosts, host_of("//" + host)}
+            if len(self.sources) >= CACHE_MAX:
+                self.sources.clear()
+            found = self.sources[cache_key] = source_of(utm, referrer, own)
+        return found
+
+    def is_bot(self, agent: str) -> bool:
+        """is_bot(agent), from a cache."""
         bot = self.bots.get(agent)
         if bot is None:
             if len(self.bots) >= CACHE_MAX:
                 self.bots.clear()
             bot = self.bots[agent] = is_bot(agent)
-        new_visitor = False
-        if bot:
-            key = (self.day, path[:200], BOTS, "", "")
-        else:
-            key = (self.day, path[:200], *self.source(environ))
-            if environ.get("HTTP_SEC_GPC") != "1" and environ.get("HTTP_DNT") != "1":
-                new_visitor = self.visitors.add(self.ordinal, environ.get("REMOTE_ADDR", ""), agent)
-        self.visits.append((key, new_visitor))  # atomic: no lock a thread could hold across a GIL switch
-
-    def source(self, environ: dict) -> tuple[str, str, str]:
-        """(source, medium, campaign) of a request, from a cache keyed by its query, referrer and host."""
-        query = environ.get("QUERY_STRING", "")
-        if "utm_" not in query:
-            query = ""
-        cache_key = (query, environ.get("HTTP_REFERER", ""), environ.get("HTTP_HOST", ""))
-        found = self.sources.get(cache_key)
-        if found is None:
-            utm = {k: v[0] for k, v in parse_qs(query).items()} if query else {}
-            own = {*self.own_hosts, host_of("//" + cache_key[2])}
-            if len(self.sources) >= CACHE_MAX:
-                self.sources.clear()
-            found = self.sources[cache_key] = source_of(utm, cache_key[1], own)
-        return found
+        return bot
 
     def take(self) -> dict[tuple, list[int]]:
         """The visits gathered since the last call, added up: {key: [views, visitors]} (call holding flush_lock)."""
         pending, self.unwritten = self.unwritten, {}
         visits = self.visits
         while visits:
-            key, new_visitor = visits.popleft()
+            day, page, agent, query, referrer, host, new_visitor = visits.popleft()
+            if self.is_bot(agent):
+                key, new_visitor = (day, page, BOTS, "", ""), False
+            else:
+                key = (day, page, *self.source(query, referrer, host))
             counts = pending.get(key)
             if counts is None:
                 counts = pending[key] = [0, 0]
