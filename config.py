@@ -52,6 +52,8 @@ SETTINGS: dict[str, tuple[object, type]] = {
     "OUTBOX_STALE_SECONDS": (120.0, float),
     "TRUSTED_PROXIES": (0, int),
     "ANALYTICS": (True, bool),
+    "ANALYTICS_MAX_ROWS_PER_DAY": (1000, int),
+    "ANALYTICS_RETENTION_DAYS": (730, int),
     "HTTPS": (None, bool),  # unset: on when SITE_URL is https
     "ADMIN_IDLE_MINUTES": (30, int),
     "ADMIN_SESSION_HOURS": (12, int),

@@ -1179,15 +1179,45 @@ def m010_analytics(db: Database) -> None:
     )
 
 
-def add_visit_counts(db: Database, rows: list[tuple]) -> None:
-    """Add (day, page, source, medium, campaign, page_views, visitors) counts to what is stored, in one transaction."""
+def add_visit_counts(db: Database, rows: list[tuple], max_rows_per_day: int, overflow: str, bounded: set[str]) -> None:
+    """Add (day, page, source, medium, campaign, page_views, visitors) counts to what is stored, in one transaction.
+
+    A day makes at most `max_rows_per_day` rows; past that, a new key's counts go to its page's row with
+    source `overflow`. Rows of the `bounded` sources (one per page, such as bots or direct) are always made.
+    """
+    add = (
+        "UPDATE visit_counts SET page_views = page_views + ?, visitors = visitors + ?"
+        " WHERE day = ? AND page = ? AND source = ? AND medium = ? AND campaign = ?"
+    )
+    upsert = (
+        "INSERT INTO visit_counts (day, page, source, medium, campaign, page_views, visitors)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (day, page, source, medium, campaign) DO UPDATE SET"
+        " page_views = page_views + excluded.page_views, visitors = visitors + excluded.visitors"
+    )
+    marks = ",".join("?" * len(bounded))
+    made: dict[str, int] = {}  # rows of each day, bounded sources left out
     with write(db):
-        db.conn.executemany(
-            "INSERT INTO visit_counts (day, page, source, medium, campaign, page_views, visitors)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (day, page, source, medium, campaign) DO UPDATE SET"
-            " page_views = page_views + excluded.page_views, visitors = visitors + excluded.visitors",
-            rows,
-        )
+        for day, page, source, medium, campaign, views, visitors in rows:
+            if db.conn.execute(add, [views, visitors, day, page, source, medium, campaign]).rowcount:
+                continue
+            if source not in bounded:
+                if day not in made:
+                    sql = f"SELECT count(*) FROM visit_counts WHERE day = ? AND source NOT IN ({marks})"
+                    made[day] = db.conn.execute(sql, [day, *bounded]).fetchone()[0]
+                if made[day] >= max_rows_per_day:
+                    source, medium, campaign = overflow, "", ""
+                else:
+                    made[day] += 1
+            db.conn.execute(upsert, [day, page, source, medium, campaign, views, visitors])
+
+
+def purge_visit_counts_batch(db: Database, before_day: str, limit: int) -> int:
+    """Delete up to `limit` visit counts of days before `before_day` (an ISO date); return how many."""
+    with write(db):
+        return db.execute(
+            "DELETE FROM visit_counts WHERE rowid IN (SELECT rowid FROM visit_counts WHERE day < ? LIMIT ?)",
+            [before_day, limit],
+        ).rowcount
 
 
 def visit_counts(db: Database, first_day: str, last_day: str) -> list[dict]:

@@ -8,6 +8,7 @@ import sqlite3
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from flask import Flask
 
@@ -91,7 +92,27 @@ def run_daily(database, config: dict, now: datetime, who: str, stop=None) -> boo
         purge_and_log(database, config, now, days, "housekeeping", stop)
     else:
         log.info("retention purge off (LEAD_RETENTION_DAYS=0): no lead deleted")
+    purge_visit_counts(database, config, now, stop)
     return True
+
+
+def purge_visit_counts(database, config: dict, now: datetime, stop=None) -> int:
+    """Delete the visit counts of days more than ANALYTICS_RETENTION_DAYS ago (the clinic's calendar); how many."""
+    days = config["ANALYTICS_RETENTION_DAYS"]
+    if days <= 0:
+        return 0
+    today = now.astimezone(ZoneInfo(config["CLINIC_TIMEZONE"])).date()
+    before = (today - timedelta(days=days)).isoformat()
+    deleted = 0
+    while not (stop and stop.is_set()):
+        count = db.purge_visit_counts_batch(database, before, PURGE_BATCH)
+        deleted += count
+        if count < PURGE_BATCH:
+            break
+        time.sleep(PAUSE_SECONDS)
+    if deleted:
+        log.info("retention purge: visit counts of %s row(s) from before %s deleted", deleted, before)
+    return deleted
 
 
 def run(app: Flask, stop: threading.Event) -> None:

@@ -36,6 +36,10 @@ FLUSH_SECONDS = 5.0
 BOTS = "bots"
 DIRECT = "direct"
 INTERNAL = "internal"  # a page reached from another page of this site
+OTHER = "other"  # the visits of a day's new sources past ANALYTICS_MAX_ROWS_PER_DAY
+BOUNDED = {BOTS, DIRECT, INTERNAL, OTHER}  # sources with one row per page at most: never held back by the limit
+# C0 and C1 controls, format characters and line separators: taken out of a tag before it is counted or stored.
+CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2028\u2029\u2060-\u206f\ufeff]")
 # Pages that are counted: what a visitor reads, i.e. a 200 HTML answer to GET outside these prefixes.
 NOT_PAGES = ("/admin", "/static")
 # Crawlers by crawlerdetect's list, plus tools it may let through: Lighthouse, headless and scripted browsers.
@@ -233,12 +237,16 @@ def site_name(host: str) -> tuple[str, str]:
     return host[:100], "referral"
 
 
+def tag(value: str | None) -> str:
+    """A utm_ tag as counted: control and format characters taken out, surrounding space stripped, 100 characters."""
+    return CONTROLS.sub("", value or "").strip()[:100]
+
+
 def source_of(utm: Mapping[str, str], referrer: str | None, own_hosts: Iterable[str]) -> tuple[str, str, str]:
     """(source, medium, campaign) of a visit or a lead: its utm_ tags, else the referring site, else direct."""
-    source = (utm.get("utm_source") or "").strip()[:100].lower()
+    source = tag(utm.get("utm_source")).lower()
     if source:
-        medium = (utm.get("utm_medium") or "").strip()[:100].lower()
-        return source, medium, (utm.get("utm_campaign") or "").strip()[:100]
+        return source, tag(utm.get("utm_medium")).lower(), tag(utm.get("utm_campaign"))
     host = host_of(referrer) if referrer else ""
     if not host:
         return DIRECT, "", ""
@@ -258,6 +266,7 @@ class Counter:
     def __init__(self, app: Flask):
         self.zone = ZoneInfo(app.config["CLINIC_TIMEZONE"])
         self.database = app.config["DATABASE"]
+        self.max_rows_per_day = app.config["ANALYTICS_MAX_ROWS_PER_DAY"]
         self.own_hosts = {host_of(app.config["SITE_URL"])}
         self.visitors = SHARED or VisitorTable()  # outside gunicorn (tests, `make dev`) one process is the server
         self.visits: deque[tuple] = deque()  # (day, page, agent, utm query, referrer, host, new visitor): see take()
@@ -345,7 +354,8 @@ class Counter:
             try:
                 database = db.connect(self.database)
                 try:
-                    db.add_visit_counts(database, [(*key, *counts) for key, counts in pending.items()])
+                    counts = [(*key, *counts) for key, counts in pending.items()]
+                    db.add_visit_counts(database, counts, self.max_rows_per_day, OTHER, BOUNDED)
                 finally:
                     database.close()
             except sqlite3.Error:

@@ -17,6 +17,7 @@ CSV_COLUMNS = ["day", "page", "source", "medium", "campaign", "page_views", "vis
 COUNTS = ("visitors", "page_views", "requests", "booked")
 SORTS = ("source", "campaign", *COUNTS, "conversion")
 CHART_BARS_MAX = 62  # a longer period is drawn a few days to a bar
+LINES_SHOWN = 100  # sources and campaigns on the page; the rest are added up in one line (the CSV has them all)
 
 
 def period(args, today: date, default_days: int | None) -> tuple[date | None, date | None]:
@@ -72,7 +73,12 @@ def by_source(merged: dict[tuple, dict[str, int]], sort: str, descending: bool) 
         return (value is not None, value if value is not None else 0) if sort not in ("source", "campaign") else value
 
     lines.sort(key=lambda line: line["visitors"], reverse=True)
-    return sorted(lines, key=order, reverse=descending)
+    lines.sort(key=order, reverse=descending)
+    if len(lines) > LINES_SHOWN:
+        rest = lines[LINES_SHOWN - 1 :]
+        label = f"{len(rest)} more sources and campaigns (in the CSV)"
+        lines[LINES_SHOWN - 1 :] = [{"source": label, "campaign": "", **add_up(rest)}]
+    return lines
 
 
 def chart(merged: dict[tuple, dict[str, int]], first: date, last: date) -> dict:

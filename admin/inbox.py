@@ -14,7 +14,8 @@ import housekeeping
 from admin import audit, bp, clinic_zone
 
 PAGE_SIZE = 25
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# Full-width forms too: some spreadsheets read "＝1+1" as a formula.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 CSV_COLUMNS = [
     ("id", "id"),
     ("received", "created_at"),
@@ -170,6 +171,6 @@ def export_csv():
 
 
 def csv_cell(value) -> str:
-    """A cell a spreadsheet will show as text: a leading = + - @ tab or CR is defused with a quote."""
+    """A cell a spreadsheet will show as text: a leading = + - @ (or their full-width forms), tab or CR is defused."""
     text = "" if value is None else str(value)
     return "'" + text if text.startswith(FORMULA_STARTS) else text
