@@ -12,7 +12,7 @@ from dotenv import dotenv_values
 
 ROOT = Path(__file__).resolve().parent
 
-# name: (default, type); every row here has a row in the README's table.
+# name: (default, type); every row here has a row in docs/configuration.md's tables.
 SETTINGS: dict[str, tuple[object, type]] = {
     "ENV_FILE": (str(ROOT / ".env"), str),
     "SECRET_KEY": (None, str),

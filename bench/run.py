@@ -1,6 +1,6 @@
-"""Benchmark the site under the production gunicorn settings; print a table and put it in the README.
+"""Benchmark the site under the production gunicorn settings; print a table and put it in docs/benchmarks.md.
 
-    make bench                      # or: .venv/bin/python bench/run.py [--seconds 10] [--rounds 7] [--no-readme]
+    make bench                      # or: .venv/bin/python bench/run.py [--seconds 10] [--rounds 7] [--no-docs]
 
 1. GET / with wrk, beside bench/baseline.py (a bare WSGI app returning the same bytes) under the
    same gunicorn.conf.py, in alternating short rounds; the ratio is taken within each round, and the
@@ -38,7 +38,7 @@ from urllib.parse import urlencode
 from aiosmtpd.controller import Controller
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+BENCHMARKS = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 WARMUP = 40  # posts sent before measuring, so every worker has loaded what a first post loads
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
@@ -474,14 +474,14 @@ def table(get: dict, fast: dict, slow: dict, every: dict, paused: dict, every_pa
     return "\n".join(rows)
 
 
-def write_readme(text: str, start: str = START, end: str = END) -> None:
-    """Replace what README.md holds between the `start` and `end` markers with `text`."""
-    readme = README.read_text()
-    if start not in readme:
-        raise SystemExit(f"README.md has no {start} ... {end} section")
-    head, rest = readme.split(start, 1)
+def write_results(text: str, start: str = START, end: str = END) -> None:
+    """Replace what docs/benchmarks.md holds between the `start` and `end` markers with `text`."""
+    page = BENCHMARKS.read_text()
+    if start not in page:
+        raise SystemExit(f"docs/benchmarks.md has no {start} ... {end} section")
+    head, rest = page.split(start, 1)
     _, tail = rest.split(end, 1)
-    README.write_text(f"{head}{start}\n{text}\n{end}{tail}")
+    BENCHMARKS.write_text(f"{head}{start}\n{text}\n{end}{tail}")
 
 
 def main() -> None:
@@ -492,7 +492,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16, help="wrk connections")
     parser.add_argument("--rate", type=float, default=100, help="posts per second")
     parser.add_argument("--post-rounds", type=int, default=2, help="rounds of the POST runs, interleaved")
-    parser.add_argument("--no-readme", action="store_true", help="print only; leave README.md alone")
+    parser.add_argument("--no-docs", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    parser.add_argument("--no-readme", action="store_true", dest="no_docs", help=argparse.SUPPRESS)  # its old name
     args = parser.parse_args()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     get = get_runs(args.round_seconds, args.rounds, args.connections)
@@ -512,8 +513,8 @@ def main() -> None:
     results.mkdir(exist_ok=True)
     runs = {"get": get, "fast": fast, "slow": slow, "every": every, "paused": paused, "every_paused": every_paused}
     (results / "latest.json").write_text(json.dumps(runs, indent=2))
-    if not args.no_readme:
-        write_readme(text + "\n\n" + note)
+    if not args.no_docs:
+        write_results(text + "\n\n" + note)
     failed = [
         name
         for name, ok in [

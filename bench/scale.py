@@ -1,7 +1,7 @@
 """Measure the owner's inbox, search, CSV export and a purge on a database of N generated leads.
 
-    make bench-scale                          # 10k, 100k and 1M leads; prints a table and puts it in the README
-    .venv/bin/python bench/scale.py --sizes 10000 --no-readme
+    make bench-scale                          # 10k, 100k and 1M leads; prints a table and puts it in docs/benchmarks.md
+    .venv/bin/python bench/scale.py --sizes 10000 --no-docs
 
 For each size: a database of N leads over ten years (30 % spam, notes and emails for some) is built
 in one transaction, the site is served by gunicorn with gunicorn.conf.py as `make run` serves it,
@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from run import Server, fetch_forms, percentile, post_open_loop, write_readme  # noqa: E402
+from run import Server, fetch_forms, percentile, post_open_loop, write_results  # noqa: E402
 
 import db  # noqa: E402
 
@@ -392,7 +392,8 @@ def table(results: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated lead counts")
-    parser.add_argument("--no-readme", action="store_true", help="print only; leave README.md alone")
+    parser.add_argument("--no-docs", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    parser.add_argument("--no-readme", action="store_true", dest="no_docs", help=argparse.SUPPRESS)  # its old name
     args = parser.parse_args()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results = []
@@ -406,8 +407,8 @@ def main() -> None:
         f'Medians of {REQUESTS} requests each, signed in as an owner; "a name" is {results[-1]["name"]!r}.'
     )
     print(text)
-    if not args.no_readme:
-        write_readme(text, START, END)
+    if not args.no_docs:
+        write_results(text, START, END)
     last = results[-1]
     if last["leads"] >= 1_000_000:
         failed = [

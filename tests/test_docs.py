@@ -1,0 +1,86 @@
+"""The documentation stays true to the code: every setting listed, every relative link and image found."""
+
+import re
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+from markdown_it import MarkdownIt
+
+import config
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = sorted([ROOT / "README.md", ROOT / "CHANGELOG.md", *(ROOT / "docs").glob("*.md")])
+
+
+def tokens(path: Path) -> list:
+    """The page's markdown-it tokens, tables included, with inline children flattened in."""
+    found = []
+    for token in MarkdownIt("commonmark").enable("table").parse(path.read_text()):
+        found.append(token)
+        found.extend(token.children or [])
+    return found
+
+
+def slug(text: str) -> str:
+    """A heading's anchor as GitHub makes it: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    """Every heading anchor of a page (a repeated heading gets -1, -2 ... as on GitHub)."""
+    found: set[str] = set()
+    page = tokens(path)
+    for index, token in enumerate(page):
+        if token.type == "heading_open":
+            inline = next(t for t in page[index:] if t.type == "inline")
+            base = slug("".join(child.content for child in inline.children if child.type in ("text", "code_inline")))
+            name, count = base, 0
+            while name in found:
+                count += 1
+                name = f"{base}-{count}"
+            found.add(name)
+    return found
+
+
+def relative_targets(path: Path) -> list[str]:
+    """Every link and image address on the page that points inside the repository."""
+    targets = []
+    for token in tokens(path):
+        address = token.attrs.get("href") if token.type == "link_open" else token.attrs.get("src")
+        if token.type in ("link_open", "image") and address and not urlsplit(address).scheme:
+            targets.append(address)
+    return targets
+
+
+def test_settings_tables_list_exactly_the_settings_read():
+    documented = set()
+    for line in (ROOT / "docs" / "configuration.md").read_text().splitlines():
+        if line.startswith("| `"):
+            documented.update(re.findall(r"`([A-Z][A-Z0-9_]*)`", line.split("|")[1]))
+    gunicorn_conf = (ROOT / "gunicorn.conf.py").read_text()
+    read_by_gunicorn = set(re.findall(r"os\.environ\.get\(\s*['\"]([A-Z0-9_]+)['\"]", gunicorn_conf))
+    assert read_by_gunicorn  # the pattern still finds what gunicorn.conf.py reads
+    assert documented == set(config.SETTINGS) | read_by_gunicorn
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(ROOT)))
+def test_every_relative_link_and_image_resolves(page):
+    missing = []
+    for address in relative_targets(page):
+        parts = urlsplit(address)
+        target = (page.parent / unquote(parts.path)).resolve() if parts.path else page
+        if not target.exists():
+            missing.append(f"{address}: no such file")
+        elif parts.fragment and target.suffix == ".md" and parts.fragment not in anchors(target):
+            missing.append(f"{address}: no such heading")
+    assert not missing
+
+
+def test_the_link_check_sees_links_images_and_anchors(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "# A `flask` check, twice\n\n## Two\n\n## Two\n\n[x](other.md#top) ![y](pic.png) [z](https://a.example)\n"
+    )
+    assert relative_targets(page) == ["other.md#top", "pic.png"]
+    assert anchors(page) == {"a-flask-check-twice", "two", "two-1"}
