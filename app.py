@@ -312,6 +312,18 @@ def thanks():
     return render_template("thanks.html", name=session.pop("thanks_name", None), booking=booking)
 
 
+@bp.get("/book/<token>")
+def book(token: str):
+    """The confirmation's booking button: 303 to BOOKING_URL with the campaign tags stored with the lead."""
+    serving.keep_private()
+    cfg = current_app.config
+    lead_id = confirmation.read_booking_token(token, cfg["SECRET_KEY"])
+    lead = db.get_lead(db.get_db(), lead_id) if lead_id is not None and cfg["BOOKING_URL"] else None
+    if lead is None:
+        abort(404)
+    return redirect(confirmation.booking_link(cfg["BOOKING_URL"], lead), 303)
+
+
 @bp.get("/privacy")
 def privacy():
     """What the form collects, why, who sees it, how long it is kept, how to have it deleted."""

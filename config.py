@@ -66,6 +66,7 @@ SETTINGS: dict[str, tuple[object, type]] = {
     "ALERT_URLS": ("", str),  # space-separated Apprise URLs
     "ALERT_DETAILS": (False, bool),
     "AUTOREPLY": (False, bool),
+    "AUTOREPLY_MAX_PER_HOUR": (20, int),
     "BOOKING_URL": (None, str),
     "WEBHOOK_URL": (None, str),
     "WEBHOOK_SECRET": (None, str),

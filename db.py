@@ -1130,10 +1130,31 @@ def m012_mask_stored_ntfy_topics(db: Database) -> None:
     db.execute("UPDATE audit_log SET detail = masked_stored_ntfy(detail) WHERE action = 'test alert queued'")
 
 
-def confirmed_since(db: Database, address: str, since: str) -> bool:
-    """True if a confirmation was queued for `address` (lower case) since `since`."""
-    sql = "SELECT 1 FROM outbox WHERE kind = 'autoreply' AND to_addr = ? AND created_at >= ? LIMIT 1"
-    return bool(list(db.query(sql, [address, since])))
+def confirmed_addresses_since(db: Database, since: str) -> list[str]:
+    """The addresses confirmations were queued for since `since` (at most AUTOREPLY_MAX_PER_HOUR an hour)."""
+    sql = "SELECT to_addr FROM outbox WHERE kind = 'autoreply' AND created_at >= ?"
+    return [row["to_addr"] for row in db.query(sql, [since])]
+
+
+def count_confirmations_since(db: Database, since: str) -> int:
+    """How many confirmations were queued since `since`."""
+    sql = "SELECT count(*) AS n FROM outbox WHERE kind = 'autoreply' AND created_at >= ?"
+    return next(db.query(sql, [since]))["n"]
+
+
+def add_skipped_confirmation(db: Database, hour: str, forget_before: str) -> bool:
+    """Count one confirmation skipped in `hour` (in the caller's transaction); True if it is the hour's first."""
+    db.execute("DELETE FROM autoreply_skips WHERE hour < ?", [forget_before[:13]])
+    first = db.execute("INSERT OR IGNORE INTO autoreply_skips (hour, skipped) VALUES (?, 1)", [hour]).rowcount
+    if not first:
+        db.execute("UPDATE autoreply_skips SET skipped = skipped + 1 WHERE hour = ?", [hour])
+    return bool(first)
+
+
+def skipped_confirmations_since(db: Database, since: str) -> int:
+    """How many confirmations the hourly limit skipped since `since` (whole hours)."""
+    sql = "SELECT coalesce(sum(skipped), 0) AS n FROM autoreply_skips WHERE hour >= ?"
+    return next(db.query(sql, [since[:13]]))["n"]
 
 
 def channel_health(db: Database, channel: str, target: str | None = None) -> dict:
@@ -1239,3 +1260,10 @@ def leads_for_analytics(db: Database, since: str, until: str) -> list[dict]:
             [since, until],
         )
     )
+
+
+@migrations()
+def m013_autoreply_skips(db: Database) -> None:
+    """Confirmations the hourly limit (AUTOREPLY_MAX_PER_HOUR) skipped, counted per UTC hour."""
+    db.table("autoreply_skips").create({"hour": str, "skipped": int}, pk="hour", not_null={"skipped"})
+    db.table("outbox").create_index(["kind", "created_at"])  # the confirmations of the last hour and day

@@ -1,6 +1,6 @@
 """Email status and the audit log."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from flask import abort, current_app, flash, g, redirect, render_template, url_for
@@ -19,6 +19,7 @@ def status():
     cfg = current_app.config
     database = db.get_db()
     opens, closes = cfg["WORK_HOURS"]
+    month_ago = db.iso_utc(datetime.now(UTC) - timedelta(days=30))
     return render_template(
         "admin/status.html",
         health=db.email_health(database),
@@ -34,6 +35,8 @@ def status():
         housekeeping=housekeeping.status(database, datetime.now(UTC)),
         retention_days=cfg["LEAD_RETENTION_DAYS"],
         keep_days=cfg["BACKUP_KEEP_DAYS"],
+        autoreply_max=cfg["AUTOREPLY_MAX_PER_HOUR"] if cfg["AUTOREPLY"] else None,
+        skipped_confirmations=db.skipped_confirmations_since(database, month_ago),
     )
 
 

@@ -1,6 +1,7 @@
 """Speed to lead: alerts through Apprise, the visitor's confirmation, the booking link, signed webhooks out."""
 
 import json
+import logging
 import os
 import re
 import ssl
@@ -227,15 +228,18 @@ def confirmations(smtp) -> list:
 
 def test_confirmation_reaches_the_visitor_with_phone_and_booking_link_and_none_of_their_words(confirming, smtp):
     app = create_app(confirming)
-    post_lead(app.test_client(), UTM, name="Jane Doe", email="Jane@Example.com", message="My immune system")
+    client = app.test_client()
+    post_lead(client, UTM, name="Jane Doe", email="Jane@Example.com", message="My immune system")
     assert drain(app) == 2
     [mail] = confirmations(smtp)
     assert mail["To"] == "jane@example.com"
     assert mail["Reply-To"] == "owner@clinic.example"
     text = mail.get_body(("plain",)).get_content()
     html = mail.get_body(("html",)).get_content()
-    link = "https://booking.example/clinic?location=1&utm_source=site&utm_medium=cpc&utm_campaign=spring"
-    assert link in text and link.replace("&", "&amp;") in html and "Book online" in html
+    [link] = re.findall(r"https://clinic\.example/book/\S+", text)  # the site's own link, not the visit's tags
+    assert link in html and "Book online" in html and "spring" not in mail.as_string()
+    booking = "https://booking.example/clinic?location=1&utm_source=site&utm_medium=cpc&utm_campaign=spring"
+    assert client.get(link.removeprefix("https://clinic.example")).headers["Location"] == booking
     assert "949-510-6333" in text and "within one working day" in text
     for words in ("Jane", "immune"):
         assert words not in mail.as_string()
@@ -255,6 +259,59 @@ def test_confirmation_goes_once_a_day_to_an_address_and_never_without_one(confir
         lead = {"id": 4, "email": "jane@example.com", "utm_source": "", "is_spam": 0}
         assert channels.confirmation.rows(database, lead, app.config, tomorrow)
     database.close()
+
+
+WORDS = "Your-card-was-charged-499-USD-call-1-800-555-0100-to-cancel"
+BOOKING = "https://booking.example/clinic?location=1"
+
+
+def test_the_confirmation_links_to_the_site_which_sends_the_visitor_on_with_the_leads_tags(confirming, smtp):
+    app = create_app({**confirming, "BOOKING_URL": BOOKING})
+    client = app.test_client()
+    post_lead(client, f"/?utm_source=google&utm_medium=cpc&utm_campaign={WORDS}", email="victim@example.com")
+    assert drain(app) == 2
+    [mail] = confirmations(smtp)
+    assert WORDS not in mail.as_string() and "card" not in mail.as_string()
+    text = mail.get_body(("plain",)).get_content()
+    [link] = re.findall(r"https://clinic\.example/book/\S+", text)
+    assert link in mail.get_body(("html",)).get_content()
+    booked = client.get(link.removeprefix("https://clinic.example"))
+    assert booked.status_code == 303
+    # The stored tags, as the booking link always took them (the visitor's own browser, to the clinic's booking page).
+    assert booked.headers["Location"] == f"{BOOKING}&utm_source=google&utm_medium=cpc&utm_campaign={WORDS}"
+    assert booked.headers["Cache-Control"] == "no-store"
+    for bad in (link.rsplit("/", 1)[1][:-2] + "xx", "1", "MQ.forged"):
+        missing = client.get(f"/book/{bad}")
+        assert missing.status_code == 404 and "949-510-6333" in missing.get_data(as_text=True)
+
+
+def test_one_confirmation_a_day_per_mailbox_whatever_its_spelling(confirming, smtp):
+    app = create_app({**confirming, "BOOKING_URL": BOOKING})
+    client = app.test_client()
+    for address in ("victim@gmail.com", "victim+a@gmail.com", "v.ictim@gmail.com", "Vic.tim+b@googlemail.com"):
+        post_lead(client, email=address)
+    post_lead(client, email="jane@example.com")
+    post_lead(client, email="jane+news@example.com")
+    post_lead(client, email="ja.ne@example.com")  # another mailbox outside Gmail
+    drain(app)
+    assert [m["To"] for m in confirmations(smtp)] == ["victim@gmail.com", "jane@example.com", "ja.ne@example.com"]
+
+
+def test_past_autoreply_max_per_hour_confirmations_are_skipped_counted_and_logged_once(confirming, smtp, caplog):
+    app = create_app({**confirming, "AUTOREPLY_MAX_PER_HOUR": 2})
+    client = app.test_client()
+    with caplog.at_level(logging.WARNING, logger="clinic.confirmation"):
+        for i in range(5):
+            assert post_lead(client, email=f"visitor{i}@example.com").status_code == 303
+    drain(app)
+    assert [m["To"] for m in confirmations(smtp)] == ["visitor0@example.com", "visitor1@example.com"]
+    assert sum(m["To"] == "owner@clinic.example" for m in smtp.messages) == 5  # the clinic hears of every one
+    assert len([r for r in caplog.records if "AUTOREPLY_MAX_PER_HOUR" in r.getMessage()]) == 1
+    runner = app.test_cli_runner()
+    runner.invoke(args=["create-admin", "owner"], input="correct horse battery staple\n")
+    sign_in(client)
+    status = client.get("/admin/status").get_data(as_text=True)
+    assert "on, at most 2 an hour" in status and "3 skipped in the last 30 days" in status
 
 
 def test_confirmation_is_off_by_default(mail_settings, smtp):
