@@ -31,6 +31,17 @@ def client_address() -> str:
     return str(ipaddress.IPv6Network((ip, 64), strict=False))
 
 
+def logged_address(address: str | None) -> str:
+    """A visitor's address as the logs show it: IPv4 cut to its /24, IPv6 to its /48 (`203.0.113.0/24`)."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return "-"
+    if ip.version == 6 and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return str(ipaddress.ip_network((ip, 24 if ip.version == 4 else 48), strict=False))
+
+
 limiter = Limiter(key_func=client_address, default_limits=[])
 
 

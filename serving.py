@@ -19,6 +19,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.security import safe_join
 
 import visits
+from extensions import logged_address
 from forms import uncompressed, visit_fields
 
 log = logging.getLogger("clinic.request")
@@ -48,6 +49,8 @@ def init_app(app: Flask) -> None:
     app.after_request(finish_response)
     app.view_functions["static"] = send_static
     keep_log_records_on_one_line()
+    # flask-limiter logs each refusal with its key, the visitor's full address; the request line says 429 already.
+    logging.getLogger("flask-limiter").setLevel(logging.WARNING)
 
 
 def security_headers(https: bool) -> dict[str, str]:
@@ -129,7 +132,7 @@ def finish_response(response: Response) -> Response:
         response.status_code,
         "-" if size is None else f"{size}B",
         elapsed,
-        req.remote_addr,
+        logged_address(req.remote_addr),
     )
     return response
 
@@ -320,7 +323,9 @@ def first_visit_landing(app: Flask, wsgi_app):
         start_response("200 OK", headers)
         elapsed = (time.perf_counter() - environ.get("clinic.started", time.perf_counter())) * 1000
         method, path = environ["REQUEST_METHOD"], environ["PATH_INFO"]
-        log.info("%s %s 200 %sB %.1fms %s", method, path, len(body), elapsed, environ.get("REMOTE_ADDR"))
+        log.info(
+            "%s %s 200 %sB %.1fms %s", method, path, len(body), elapsed, logged_address(environ.get("REMOTE_ADDR"))
+        )
         return [body] if environ["REQUEST_METHOD"] == "GET" else []
 
     return landing

@@ -284,7 +284,27 @@ def test_each_visitor_address_has_its_own_rate_limit_behind_caddy(site):
     assert send_lead(site, first, **{"X-Forwarded-For": "198.51.100.7"}).status == 429
     assert send_lead(site, second, **{"X-Forwarded-For": "198.51.100.8"}).status == 200
     assert send_lead(site, second, **{"X-Forwarded-For": "198.51.100.9"}).status == 429
-    assert "127.0.0.2" in site.gunicorn_log.read_text() and "127.0.0.3" in site.gunicorn_log.read_text()
+    assert "127.0.0.0/24" in site.gunicorn_log.read_text()  # as the logs show any visitor's address
+
+
+def test_neither_log_holds_a_visitors_address_or_user_agent(site):
+    agent = "Mozilla/5.0 (unique-agent-7f3a9c) Firefox/140.0"
+    visitor = site.client("127.0.0.77")
+    visitor.addheaders = [("User-Agent", agent)]
+    assert get(visitor, site.url + "/?utm_source=leaflet").status == 200
+    assert get(visitor, site.url + "/privacy", **{"X-Forwarded-For": "198.51.100.77"}).status == 200
+    assert send_lead(site, visitor).status == 200
+    assert [send_lead(site, visitor).status for _ in range(2)] == [200, 429]  # the limit's refusal is logged too
+    for missing_page in ("/no-such-page", "/admin/no-such-page"):
+        with pytest.raises(urllib.error.HTTPError):
+            get(visitor, site.url + missing_page)
+    time.sleep(0.5)  # Caddy writes its log lines after the answers
+    logs = {"caddy": site.caddy_log.read_text(), "gunicorn": site.gunicorn_log.read_text()}
+    for name, text in logs.items():
+        for secret in ("127.0.0.77", "unique-agent-7f3a9c", "198.51.100.77"):
+            assert secret not in text, (name, secret)
+    assert '"remote_ip":"127.0.0.0"' in logs["caddy"] and '"uri":"/privacy"' in logs["caddy"]
+    assert "GET /privacy 200" in logs["gunicorn"] and "127.0.0.0/24" in logs["gunicorn"]
 
 
 def test_everything_under_data_dir_is_private_after_serving_a_lead(site):
