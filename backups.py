@@ -2,6 +2,7 @@
 
 import contextlib
 import fcntl
+import itertools
 import logging
 import os
 import re
@@ -165,16 +166,33 @@ def restore(config: dict, source: Path, now: datetime) -> dict:
             leads = copy_database(str(source), incoming)
         except BackupError as error:
             raise BackupError(f"{source} cannot be restored: {error}. Nothing was changed.") from None
-        kept = database.with_name(f"{database.stem}-before-restore-{stamp}.db")
-        if database.exists():
-            # Moved as files, -wal included, so even a database SQLite cannot read any more is kept whole.
-            for suffix in ("", "-wal", "-shm"):
-                current = Path(f"{database}{suffix}")
-                if current.exists():
-                    os.replace(current, f"{kept}{suffix}")
+        kept = keep_aside(database, stamp) if database.exists() else None
         os.replace(incoming, database)
         db.migrate(str(database))
-    return {"leads": leads, "kept": kept if kept.exists() else None}
+    return {"leads": leads, "kept": kept}
+
+
+def keep_aside(database: Path, stamp: str) -> Path:
+    """Move the database to a name no file has had: leads-before-restore-STAMP.db, else -2, -3 ...; return it.
+
+    Moved as files, -wal included, so even a database SQLite cannot read any more is kept whole. Each
+    name is taken with a hard link, which fails when the name exists, so no earlier copy is ever overwritten.
+    """
+    for number in itertools.count(1):
+        kept = database.with_name(f"{database.stem}-before-restore-{stamp}{f'-{number}' if number > 1 else ''}.db")
+        if Path(f"{kept}-wal").exists() or Path(f"{kept}-shm").exists():
+            continue
+        try:
+            os.link(database, kept)
+        except FileExistsError:
+            continue
+        for suffix in ("-wal", "-shm"):
+            current = Path(f"{database}{suffix}")
+            if current.exists():
+                os.link(current, f"{kept}{suffix}")
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{database}{suffix}").unlink(missing_ok=True)
+        return kept
 
 
 def log_backup(database, result: dict | None, error: str | None, started: datetime, actor: str) -> None:

@@ -867,14 +867,21 @@ def delete_lead(db: Database, lead_id: int) -> list[str]:
         return message_ids if deleted else []
 
 
+# A lead the clinic may not have heard of yet: a delivery of it still waits (e.g. the mail server is down).
+UNDELIVERED = (
+    "EXISTS (SELECT 1 FROM outbox WHERE outbox.lead_id = leads.id AND outbox.status IN ('pending', 'sending'))"
+)
+
+
 def purge_leads_batch(db: Database, before: str, limit: int) -> tuple[int, list[str]]:
     """Delete up to `limit` of the leads created before `before`, in one short write transaction.
 
-    Their notes, emails and attempts go by cascade. Return how many leads went and the
-    Message-IDs of their emails (for the .eml files).
+    A lead with a delivery still waiting is kept. Its notes, emails and attempts go by cascade.
+    Return how many leads went and the Message-IDs of their emails (for the .eml files).
     """
     with write(db):
-        ids = [r["id"] for r in db.query("SELECT id FROM leads WHERE created_at < ? LIMIT ?", [before, limit])]
+        sql = f"SELECT id FROM leads WHERE created_at < ? AND NOT {UNDELIVERED} LIMIT ?"
+        ids = [r["id"] for r in db.query(sql, [before, limit])]
         if not ids:
             return 0, []
         marks = ",".join("?" * len(ids))
@@ -883,6 +890,11 @@ def purge_leads_batch(db: Database, before: str, limit: int) -> tuple[int, list[
         ]
         count = db.execute(f"DELETE FROM leads WHERE id IN ({marks})", ids).rowcount
         return count, message_ids
+
+
+def count_leads_kept_undelivered(db: Database, before: str) -> int:
+    """How many leads created before `before` the purge keeps because a delivery of theirs still waits."""
+    return next(db.query(f"SELECT count(*) AS n FROM leads WHERE created_at < ? AND {UNDELIVERED}", [before]))["n"]
 
 
 def purge_finished_emails_batch(db: Database, before: str, limit: int) -> tuple[int, list[str]]:

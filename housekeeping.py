@@ -54,6 +54,7 @@ def purge(database, config: dict, before: datetime, stop: threading.Event | None
             if count < PURGE_BATCH:
                 break
             time.sleep(max(PAUSE_SECONDS, 2 * (time.monotonic() - started)))
+    counts["kept"] = db.count_leads_kept_undelivered(database, stamp)
     return counts
 
 
@@ -70,6 +71,8 @@ def purge_and_log(database, config: dict, now: datetime, days: int, actor: str, 
         f"{counts['leads']} lead(s) older than {days} days, {counts['emails']} finished email(s), "
         f"{counts['audit']} audit line(s)"
     )
+    if counts["kept"]:
+        detail += f"; {counts['kept']} lead(s) kept past the retention period: not yet delivered"
     entry = {"job": "purge", "started_at": db.iso_utc(started), "finished_at": db.utcnow(), "ok": 1}
     db.log_housekeeping(database, {**entry, "detail": detail, "leads": counts["leads"], "actor": actor})
     db.audit(database, actor, "purged leads", db.utcnow(), detail=f"{counts['leads']} older than {days} days")

@@ -64,3 +64,5 @@ def purge_leads_command(days: int | None) -> None:
     finally:
         database.close()
     click.echo(f"Deleted {counts['leads']} lead(s) received more than {days} days ago, with their notes and emails.")
+    if counts["kept"]:
+        click.echo(f"Kept {counts['kept']} older lead(s) not yet delivered (an email, alert or webhook still waits).")

@@ -34,6 +34,11 @@ def status():
         sessions=live_sessions(g.account, datetime.now(UTC)),
         housekeeping=housekeeping.status(database, datetime.now(UTC)),
         retention_days=cfg["LEAD_RETENTION_DAYS"],
+        kept_undelivered=db.count_leads_kept_undelivered(
+            database, db.iso_utc(datetime.now(UTC) - timedelta(days=cfg["LEAD_RETENTION_DAYS"]))
+        )
+        if cfg["LEAD_RETENTION_DAYS"] > 0
+        else 0,
         keep_days=cfg["BACKUP_KEEP_DAYS"],
         autoreply_max=cfg["AUTOREPLY_MAX_PER_HOUR"] if cfg["AUTOREPLY"] else None,
         skipped_confirmations=db.skipped_confirmations_since(database, month_ago),
