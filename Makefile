@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 ARGS ?=
 
-.PHONY: all run dev test lint fmt bench bench-scale lighthouse clean
+.PHONY: all run dev test lint fmt bench bench-scale lighthouse screenshots clean
 
 all: test lint
 
@@ -50,6 +50,10 @@ bench-scale: $(BIN)/.installed
 
 lighthouse: $(BIN)/.installed node_modules/.installed
 	$(BIN)/python bench/lighthouse.py $(ARGS)
+
+# The owner's guide's and the README's pictures of the real pages, in Debian's chromium, into docs/images/.
+screenshots: $(BIN)/.installed
+	$(BIN)/python bench/screenshots.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -3,7 +3,7 @@
 The blueprint and what every section shares live here; each section is a module of its own:
 `auth` (sign-in, sessions and the guard), `devices` (device cookies, browser names),
 `inbox` (list, charts, CSV), `analytics` (visits, requests and bookings by source), `lead` (one lead),
-`status` (email status, open sessions, the audit log),
+`status` (email status, open sessions, the audit log), `guide` (the owner's guide at /admin/help),
 `commands` (`create-admin`, `purge-leads`).
 """
 
@@ -76,4 +76,4 @@ def audit(action: str, lead_id: int | None = None, detail: str = "", actor: str 
 
 
 # The sections add their views to `bp` when imported, so they come after it.
-from admin import analytics, auth, commands, inbox, lead, status  # noqa: E402, F401
+from admin import analytics, auth, commands, guide, inbox, lead, status  # noqa: E402, F401

@@ -175,6 +175,18 @@ def open_admin_analytics(page, url):
     expect(page.get_by_role("rowheader", name="facebook")).to_be_visible()
 
 
+def open_admin_help(page, url):
+    sign_in(page, url)
+    page.get_by_role("link", name="Help").click()
+    page.wait_for_url("**/admin/help")
+    pictures = page.locator(".guide img").all()
+    assert len(pictures) >= 4
+    for picture in pictures:  # each loads (they load lazily, as they come into view)
+        picture.scroll_into_view_if_needed()
+        expect(picture).to_have_js_property("complete", True)
+        assert picture.evaluate("image => image.naturalWidth") > 0
+
+
 PUBLIC = [
     open_landing,
     open_article,
@@ -193,6 +205,7 @@ ADMIN = [
     open_admin_lead,
     open_admin_status,
     open_admin_analytics,
+    open_admin_help,
 ]
 ALL_PAGES = PUBLIC + ADMIN
 

@@ -8,6 +8,7 @@ import pytest
 from markdown_it import MarkdownIt
 
 import config
+from admin.guide import name_headings
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted([ROOT / "README.md", ROOT / "CHANGELOG.md", *(ROOT / "docs").glob("*.md")])
@@ -22,35 +23,22 @@ def tokens(path: Path) -> list:
     return found
 
 
-def slug(text: str) -> str:
-    """A heading's anchor as GitHub makes it: lower case, punctuation dropped, spaces to hyphens."""
-    return re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
-
-
 def anchors(path: Path) -> set[str]:
-    """Every heading anchor of a page (a repeated heading gets -1, -2 ... as on GitHub)."""
-    found: set[str] = set()
-    page = tokens(path)
-    for index, token in enumerate(page):
-        if token.type == "heading_open":
-            inline = next(t for t in page[index:] if t.type == "inline")
-            base = slug("".join(child.content for child in inline.children if child.type in ("text", "code_inline")))
-            name, count = base, 0
-            while name in found:
-                count += 1
-                name = f"{base}-{count}"
-            found.add(name)
-    return found
+    """Every heading anchor of a page, as GitHub and /admin/help make them."""
+    return set(name_headings(MarkdownIt("commonmark").enable("table").parse(path.read_text())))
 
 
 def relative_targets(path: Path) -> list[str]:
-    """Every link and image address on the page that points inside the repository."""
+    """Every link and image address on the page (in Markdown or in an HTML tag) that points inside the repository."""
     targets = []
     for token in tokens(path):
-        address = token.attrs.get("href") if token.type == "link_open" else token.attrs.get("src")
-        if token.type in ("link_open", "image") and address and not urlsplit(address).scheme:
-            targets.append(address)
-    return targets
+        if token.type == "link_open":
+            targets.append(token.attrs["href"])
+        elif token.type == "image":
+            targets.append(token.attrs["src"])
+        elif token.type in ("html_inline", "html_block"):
+            targets.extend(re.findall(r'\b(?:src|href)="([^"]+)"', token.content))
+    return [address for address in targets if not urlsplit(address).scheme]
 
 
 def test_settings_tables_list_exactly_the_settings_read():
@@ -81,6 +69,7 @@ def test_the_link_check_sees_links_images_and_anchors(tmp_path):
     page = tmp_path / "page.md"
     page.write_text(
         "# A `flask` check, twice\n\n## Two\n\n## Two\n\n[x](other.md#top) ![y](pic.png) [z](https://a.example)\n"
+        '\n<p><img src="b.png" alt=""></p>\n'
     )
-    assert relative_targets(page) == ["other.md#top", "pic.png"]
+    assert relative_targets(page) == ["other.md#top", "pic.png", "b.png"]
     assert anchors(page) == {"a-flask-check-twice", "two", "two-1"}
