@@ -32,6 +32,7 @@ import confirmation
 import db
 import housekeeping
 import notify
+import offsite
 import readiness
 import serving
 import visits
@@ -75,6 +76,7 @@ def start_background(app: Flask) -> None:
     app.extensions["channels_stop"] = channels.start_worker(app)
     app.extensions["server_lock"] = backups.hold_server_lock(app.config)  # `restore` refuses while held
     app.extensions["housekeeping_stop"] = housekeeping.start(app)
+    app.extensions["offsite_stop"] = offsite.start(app)
     app.extensions["visits_stop"] = visits.start(app)
 
 
@@ -98,9 +100,10 @@ def stop_background(app: Flask) -> None:
         wait.start()
     for wait in waits:
         wait.join()
-    stop_housekeeping = app.extensions.pop("housekeeping_stop", None)
-    if stop_housekeeping is not None:
-        stop_housekeeping.set()
+    for name in ("housekeeping_stop", "offsite_stop"):
+        stop_thread = app.extensions.pop(name, None)
+        if stop_thread is not None:
+            stop_thread.set()
     server_lock = app.extensions.pop("server_lock", None)
     if server_lock is not None:
         server_lock.close()

@@ -70,6 +70,29 @@ SETTINGS: dict[str, tuple[object, type]] = {
     "BOOKING_URL": (None, str),
     "WEBHOOK_URL": (None, str),
     "WEBHOOK_SECRET": (None, str),
+    "RESTIC_REPOSITORY": (None, str),  # unset: no off-site backups
+    "RESTIC_PASSWORD_FILE": (None, str),
+    "RESTIC_PASSWORD": (None, str),
+    "OFFSITE_DELAY_SECONDS": (60.0, float),
+    "OFFSITE_KEEP_DAYS": (30, int),
+}
+
+# Passed to restic as they are (besides the RESTIC_ settings above): its backends' own variables
+# (S3, B2, Azure, Google, Swift, rclone), its other RESTIC_ options, and what any program needs.
+RESTIC_PREFIXES = ("RESTIC_", "AWS_", "B2_", "AZURE_", "GOOGLE_", "OS_", "ST_", "RCLONE_")
+RESTIC_SYSTEM = {
+    "PATH",
+    "HOME",
+    "TMPDIR",
+    "XDG_CACHE_HOME",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
 }
 
 TRUE = {"1", "true", "yes", "on"}
@@ -113,6 +136,11 @@ def from_env(environ: Mapping[str, str] = os.environ) -> dict:
     for name, (default, kind) in SETTINGS.items():
         raw = environ.get(name)
         config[name] = default if raw is None or raw == "" else parse(name, raw, kind)
+    config["RESTIC_ENV"] = {
+        name: value
+        for name, value in environ.items()
+        if (name.startswith(RESTIC_PREFIXES) or name in RESTIC_SYSTEM) and name not in SETTINGS
+    }
     try:
         ZoneInfo(config["CLINIC_TIMEZONE"])
     except (ZoneInfoNotFoundError, ValueError):
@@ -145,6 +173,7 @@ def finish(config: dict) -> dict:
     config["WORK_HOURS"] = parse_hours(config["CLINIC_HOURS"])
     config["WORK_DAYS"] = parse_days(config["CLINIC_DAYS"])
     finish_channels(config)
+    finish_offsite(config)
     return config
 
 
@@ -188,6 +217,20 @@ def finish_channels(config: dict) -> None:
             )
     if isinstance(config["ALERT_URLS"], str):
         config["ALERT_URLS"] = config["ALERT_URLS"].split()
+
+
+def finish_offsite(config: dict) -> None:
+    """Check that an off-site repository comes with its key, and that the delay and keep days make sense."""
+    if config["RESTIC_REPOSITORY"] and not (config["RESTIC_PASSWORD_FILE"] or config["RESTIC_PASSWORD"]):
+        raise ConfigError(
+            "RESTIC_REPOSITORY is set without its key: set RESTIC_PASSWORD_FILE (or RESTIC_PASSWORD); "
+            'see README, "Off-site backups"'
+        )
+    if config["OFFSITE_DELAY_SECONDS"] < 0:
+        raise ConfigError(f"OFFSITE_DELAY_SECONDS={config['OFFSITE_DELAY_SECONDS']:g}: expected 0 or more seconds")
+    if config["OFFSITE_KEEP_DAYS"] < 1:
+        raise ConfigError(f"OFFSITE_KEEP_DAYS={config['OFFSITE_KEEP_DAYS']}: expected 1 or more days")
+    config.setdefault("RESTIC_ENV", {})
 
 
 DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]

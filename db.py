@@ -1279,3 +1279,56 @@ def m013_autoreply_skips(db: Database) -> None:
     """Confirmations the hourly limit (AUTOREPLY_MAX_PER_HOUR) skipped, counted per UTC hour."""
     db.table("autoreply_skips").create({"hour": str, "skipped": int}, pk="hour", not_null={"skipped"})
     db.table("outbox").create_index(["kind", "created_at"])  # the confirmations of the last hour and day
+
+
+# Off-site backups: any change to leads or notes marks the database changed; a snapshot follows
+# OFFSITE_DELAY_SECONDS later (offsite.py). After the first change the trigger finds the mark set
+# and writes nothing, so a busy minute costs one small UPDATE, not one per post.
+OFFSITE_JOBS = ("offsite", "offsite-prune")
+
+
+@migrations()
+def m013_offsite_backups(db: Database) -> None:
+    """When the database last changed since an off-site snapshot, the jobs that upload and prune them."""
+    db.table("housekeeping").add_column("changed_at", str)
+    db.table("housekeeping_log").add_column("snapshot", str)
+    for job in OFFSITE_JOBS:
+        db.table("housekeeping").insert({"job": job, "due_at": ""})  # a newly configured repository gets one at once
+    for table in ("leads", "notes"):
+        for event in ("INSERT", "UPDATE", "DELETE"):
+            db.execute(
+                f"CREATE TRIGGER offsite_{table}_{event.lower()} AFTER {event} ON {table} BEGIN"
+                " UPDATE housekeeping SET changed_at = strftime('%Y-%m-%dT%H:%M:%S+00:00', 'now')"
+                " WHERE job = 'offsite' AND changed_at IS NULL; END"
+            )
+
+
+def claim_offsite_snapshot(db: Database, now: str, changed_before: str, next_due_at: str, who: str) -> bool:
+    """Take the next off-site snapshot if it is due (its time came, or a change is old enough); only one process wins.
+
+    The change mark is cleared in the same statement, before the copy is read, so a change made
+    after this point is either in the copy or marks the database again.
+    """
+    with write(db):
+        won = db.execute(
+            "UPDATE housekeeping SET due_at = ?, claimed_at = ?, claimed_by = ?, changed_at = NULL"
+            " WHERE job = 'offsite' AND (due_at <= ? OR changed_at <= ?)",
+            [next_due_at, now, who, now, changed_before],
+        ).rowcount
+        return bool(won)
+
+
+def offsite_changed_at(db: Database) -> str | None:
+    """When the first change not yet in an off-site snapshot was made, or None."""
+    rows = list(db.query("SELECT changed_at FROM housekeeping WHERE job = 'offsite'"))
+    return rows[0]["changed_at"] if rows else None
+
+
+def housekeeping_failures_in_a_row(db: Database, job: str) -> int:
+    """How many of the job's latest logged runs failed since its last success."""
+    rows = db.query(
+        "SELECT count(*) AS n FROM housekeeping_log WHERE job = ? AND ok = 0"
+        " AND id > coalesce((SELECT max(id) FROM housekeeping_log WHERE job = ? AND ok = 1), 0)",
+        [job, job],
+    )
+    return next(rows)["n"]

@@ -15,6 +15,7 @@ import config
 import db
 import housekeeping
 import notify
+import offsite
 
 
 def mail_problem(cfg: dict) -> str | None:
@@ -63,6 +64,9 @@ def problems(cfg: dict, database, now: datetime) -> list[str]:
     alarm = housekeeping.backup_alarm(database, now)
     if alarm:
         found.append(f"Backups: {alarm}; run `flask --app app backup` to see why")
+    trouble = offsite.problem(cfg) or offsite.alarm(database, cfg, now)
+    if trouble:
+        found.append(f"Off-site backups: {trouble}")
     return [line for line in found if line]
 
 

@@ -6,11 +6,12 @@ import math
 from collections import Counter
 from datetime import UTC, date, datetime, time, timedelta
 
-from flask import Response, render_template, request, stream_with_context
+from flask import Response, current_app, render_template, request, stream_with_context
 
 import articles
 import db
 import housekeeping
+import offsite
 from admin import audit, bp, clinic_zone
 
 PAGE_SIZE = 25
@@ -132,6 +133,7 @@ def inbox():
         periods=periods(datetime.now(UTC)),
         health=db.email_health(database),
         backup_alarm=housekeeping.backup_alarm(database, datetime.now(UTC)),
+        offsite_alarm=offsite.alarm(database, current_app.config, datetime.now(UTC)),
     )
 
 

@@ -9,6 +9,7 @@ import channels
 import db
 import housekeeping
 import notify
+import offsite
 from admin import audit, bp
 from admin.auth import live_sessions
 
@@ -42,6 +43,7 @@ def status():
         keep_days=cfg["BACKUP_KEEP_DAYS"],
         autoreply_max=cfg["AUTOREPLY_MAX_PER_HOUR"] if cfg["AUTOREPLY"] else None,
         skipped_confirmations=db.skipped_confirmations_since(database, month_ago),
+        offsite=offsite.status(database, cfg, datetime.now(UTC)) if offsite.enabled(cfg) else None,
     )
 
 
