@@ -1288,7 +1288,7 @@ OFFSITE_JOBS = ("offsite", "offsite-prune")
 
 
 @migrations()
-def m013_offsite_backups(db: Database) -> None:
+def m014_offsite_backups(db: Database) -> None:
     """When the database last changed since an off-site snapshot, the jobs that upload and prune them."""
     db.table("housekeeping").add_column("changed_at", str)
     db.table("housekeeping_log").add_column("snapshot", str)

@@ -156,10 +156,15 @@ def init(config: dict) -> None:
 
 
 def forget(config: dict) -> None:
-    """Keep hourly snapshots for 48 hours and daily ones for OFFSITE_KEEP_DAYS; delete the rest and their data."""
-    days = config["OFFSITE_KEEP_DAYS"]
-    args = ["forget", "--prune", "--tag", TAG, "--group-by", "tags", "--quiet"]
-    restic(config, [*args, "--keep-within-hourly", "48h", "--keep-within-daily", f"{days}d"])
+    """Keep hourly snapshots for 48 hours and daily ones for OFFSITE_KEEP_DAYS; delete the rest and their data.
+
+    Run right after a snapshot, once a day, so "relative to the latest snapshot" means "to now" and
+    a snapshot is gone at most OFFSITE_KEEP_DAYS after it was taken. `--max-unused 0` rewrites
+    every pack that holds any deleted data, so none of it is kept for packing's sake.
+    """
+    days = max(1, config["OFFSITE_KEEP_DAYS"] - 1)  # plus up to a day until the next daily prune
+    policy = ["--keep-within-hourly", "48h", "--keep-within-daily", f"{days}d"]
+    restic(config, ["forget", "--prune", "--max-unused", "0", "--tag", TAG, "--group-by", "tags", *policy])
 
 
 def problem(config: dict) -> str | None:

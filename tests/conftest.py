@@ -193,6 +193,7 @@ class LiveServer:
         root = Path(__file__).resolve().parent.parent
         full_env = {**os.environ, "PORT": str(self.port), "WEB_CONCURRENCY": str(workers), "WEB_THREADS": str(threads)}
         full_env.update({k: str(v) for k, v in env.items()})
+        self.data_dir = str(env["DATA_DIR"])
         self.log_path = Path(env["DATA_DIR"]) / "gunicorn.log"
         self.log = open(self.log_path, "wb")
         gunicorn = Path(sys.executable).with_name("gunicorn")

@@ -14,13 +14,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import requests
+from conftest import add_lead, form_fields, free_port, missing, rows, valid_lead
+from test_housekeeping import post_without_following, wait_until
 
 import db
 import offsite
 import readiness
 from app import create_app
-from conftest import add_lead, form_fields, free_port, missing, rows, valid_lead
+from backups import copy_database
 
 ROOT = Path(__file__).resolve().parent.parent
 FLASK = str(Path(sys.executable).with_name("flask"))
@@ -69,7 +70,9 @@ def initialised(tmp_path_factory) -> Path:
             missing(f"{program} not found: install it with `sudo apt-get install restic rclone`")
     folder = tmp_path_factory.mktemp("restic") / "repository"
     env = {"PATH": os.environ["PATH"], "RESTIC_PASSWORD": KEY.strip(), "RESTIC_REPOSITORY": str(folder)}
-    subprocess.run(["restic", "init", "--repository-version", "2", "--no-cache"], env=env, check=True, capture_output=True)
+    subprocess.run(
+        ["restic", "init", "--repository-version", "2", "--no-cache"], env=env, check=True, capture_output=True
+    )
     return folder
 
 
@@ -106,6 +109,11 @@ def empty_repository(tmp_path, initialised):
 def restic_settings(repo) -> dict:
     """The settings that point the site at `repo`."""
     return {"RESTIC_REPOSITORY": repo.url, "RESTIC_PASSWORD_FILE": str(repo.key_file)}
+
+
+def server_env(repo, **extra) -> dict:
+    """A live server's environment: the repository, and no rate limit in the way of the test's visitors."""
+    return {**restic_settings(repo), "CONTACT_RATE_LIMIT": "100000 per minute", **extra}
 
 
 @pytest.fixture
@@ -177,20 +185,6 @@ def test_commands_init_send_list_and_restore_a_snapshot(settings, empty_reposito
         refused = cli.invoke(args=args)
         assert refused.exit_code != 0 and error in refused.output, refused.output
     assert [r["name"] for r in rows(app, "SELECT name FROM leads")] == ["First Visitor"]
-
-
-def test_restore_offsite_is_refused_while_the_server_runs(offsite_app, serve, repository):
-    add_lead(offsite_app, name="Kept Visitor")
-    with db.connect(offsite_app.config["DATABASE"]).conn:
-        pass
-    offsite.snapshot(offsite_app.config)
-    data_dir = offsite_app.config["DATA_DIR"]
-    server = serve({"DATA_DIR": data_dir, **restic_settings(repository)}, workers=1)
-    refused = flask(data_dir, "restore", "--offsite", env=restic_settings(repository))
-    assert refused.returncode == 1
-    assert "The site's server is running" in refused.stderr
-    server.stop()
-    assert flask(data_dir, "restore", "--offsite", env=restic_settings(repository)).returncode == 0
 
 
 def test_check_names_each_off_site_problem(offsite_app, repository, tmp_path):
@@ -280,3 +274,156 @@ def test_failures_are_retried_with_backoff_and_logged_once(offsite_app, reposito
     assert any(r.message.startswith("off-site backup works again") for r in caplog.records)
     assert offsite.alarm(database, cfg, datetime.now(UTC)) is None
     database.close()
+
+
+def offsite_log(database_path) -> list[dict]:
+    """The off-site snapshots the site logged, oldest first."""
+    conn = sqlite3.connect(database_path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute("SELECT * FROM housekeeping_log WHERE job = 'offsite' ORDER BY id")]
+    finally:
+        conn.close()
+
+
+def names_in_latest_snapshot(cfg: dict, tmp_path) -> set[str]:
+    """The names of the leads in the newest off-site snapshot."""
+    copy = tmp_path / f"latest-{time.monotonic_ns()}.db"
+    offsite.download(cfg, "latest", copy)
+    return {name for (name,) in sqlite3.connect(copy).execute("SELECT name FROM leads")}
+
+
+@pytest.mark.slow
+def test_posts_go_on_while_the_repository_is_down_and_the_snapshot_follows(serve, repository, settings, tmp_path):
+    repository.stop()
+    env = server_env(repository, OFFSITE_DELAY_SECONDS="1", HOUSEKEEPING_POLL_SECONDS="0.5")
+    server = serve(env)
+    cfg = create_app({**settings, **restic_settings(repository), "DATA_DIR": server.data_dir}).config
+    wait_until(lambda: offsite_log(cfg["DATABASE"]), what="the first off-site attempt")
+    posted = [post_without_following(server.url, f"During outage {n}") for n in range(10)]
+    assert {status for status, _ in posted} == {303}
+    print(f"longest POST /contact with the repository down: {max(t for _, t in posted) * 1000:.0f} ms")
+    wait_until(lambda: len(offsite_log(cfg["DATABASE"])) >= 3, what="retries")
+    assert not any(entry["ok"] for entry in offsite_log(cfg["DATABASE"]))
+    assert server.output().count("off-site backup failed") == 1  # once per outage, whatever the retries
+
+    repository.start()
+    wait_until(lambda: offsite_log(cfg["DATABASE"])[-1]["ok"], timeout=60, what="the snapshot after the outage")
+    assert names_in_latest_snapshot(cfg, tmp_path) == {f"During outage {n}" for n in range(10)}
+    assert "off-site backup works again" in server.output()
+
+    refused = flask(server.data_dir, "restore", "--offsite", env=restic_settings(repository))
+    assert refused.returncode == 1 and "The site's server is running" in refused.stderr
+
+
+def leads_notes_and_statuses(server, count: int, database_path: str) -> None:
+    """Visitors post `count` leads over HTTP from two threads; the owner changes statuses, adds notes, deletes one."""
+    names = iter(range(count))
+    lock = threading.Lock()
+
+    def visitor() -> None:
+        while True:
+            with lock:
+                n = next(names, None)
+            if n is None:
+                return
+            status, _ = post_without_following(server.url, f"Drill Visitor {n}")
+            assert status == 303
+
+    threads = [threading.Thread(target=visitor) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    database = db.connect(database_path)
+    ids = [row["id"] for row in database.query("SELECT id FROM leads ORDER BY id")]
+    for lead_id in ids[::3]:
+        db.set_status(database, lead_id, "contacted", db.utcnow())
+        db.add_note(database, lead_id, "owner", f"Called back about {lead_id}", db.utcnow())
+    db.delete_lead(database, ids[1])
+    database.close()
+
+
+def lose_the_server(server) -> None:
+    """SIGKILL every process of the server (workers, restic), then delete its DATA_DIR."""
+    os.killpg(server.process.pid, signal.SIGKILL)
+    server.process.wait()
+    shutil.rmtree(server.data_dir)
+
+
+@pytest.mark.slow
+def test_loss_drill_killed_150_s_after_the_last_change_loses_nothing(serve, repository, tmp_path):
+    """The default settings: a change is off-site within two minutes, so a server lost 150 s later loses nothing."""
+    server = serve(server_env(repository))
+    leads_notes_and_statuses(server, 40, f"{server.data_dir}/leads.db")
+    before = lead_state(f"{server.data_dir}/leads.db")
+    assert len(before["leads"]) == 39 and before["notes"]
+    time.sleep(150)
+    lose_the_server(server)
+
+    fresh = tmp_path / "new-machine"
+    restored = flask(fresh, "restore", "--offsite", env=restic_settings(repository))
+    assert restored.returncode == 0, restored.stderr
+    assert "Restored 39 lead(s)" in restored.stdout
+    again = serve(server_env(repository, DATA_DIR=str(fresh)))
+    assert lead_state(f"{again.data_dir}/leads.db") == before
+
+
+@pytest.mark.slow
+def test_loss_drill_killed_5_s_after_a_lead_loses_only_the_last_delay(serve, repository, tmp_path):
+    """The README's bound: what arrived within OFFSITE_DELAY_SECONDS of the loss may be lost, nothing older."""
+    env = server_env(repository, OFFSITE_DELAY_SECONDS="10")
+    server = serve(env)
+    database_path = f"{server.data_dir}/leads.db"
+    leads_notes_and_statuses(server, 10, database_path)
+    sent = lead_state(database_path)
+    uploaded = len([entry for entry in offsite_log(database_path) if entry["ok"]])
+    changed = db.connect(database_path)
+    wait_until(
+        lambda: (
+            db.offsite_changed_at(changed) is None
+            and len([entry for entry in offsite_log(database_path) if entry["ok"]]) > uploaded
+        ),
+        timeout=60,
+        what="the changes to go off-site",
+    )
+    changed.close()
+    for n in range(3):
+        assert post_without_following(server.url, f"Last Seconds {n}")[0] == 303
+    time.sleep(5)
+    lose_the_server(server)
+
+    fresh = tmp_path / "new-machine"
+    restored = flask(fresh, "restore", "--offsite", env=env)
+    assert restored.returncode == 0, restored.stderr
+    again = serve({**env, "DATA_DIR": str(fresh)})
+    assert lead_state(f"{again.data_dir}/leads.db") == sent  # everything but the leads of the last 5 s
+
+
+def test_the_daily_prune_keeps_hourly_then_daily_snapshots_and_nothing_older(offsite_app, tmp_path):
+    cfg = offsite_app.config
+    now = datetime.now(UTC)
+    ages = {"forgotten": timedelta(days=40), "older the same day": timedelta(days=3, minutes=1)}
+    ages |= {"daily": timedelta(days=3), "hourly": timedelta(hours=30), "now": timedelta(0)}
+    lead_id = None
+    for name, age in ages.items():
+        if lead_id:
+            db.delete_lead(db.connect(cfg["DATABASE"]), lead_id)
+        lead_id = add_lead(offsite_app, name=f"Visitor {name}")
+        stamp = f"{(now - age).astimezone():%Y-%m-%d %H:%M:%S}"  # restic reads it in local time
+        copy_database(cfg["DATABASE"], tmp_path / f"{name}.db")
+        with open(tmp_path / f"{name}.db", "rb") as data:
+            offsite.restic(
+                cfg,
+                ["backup", "--stdin", "--stdin-filename", "leads.db", "--tag", "clinic-site", "--time", stamp],
+                stdin=data,
+            )
+    offsite.forget(cfg)
+    kept = offsite.snapshots(cfg)
+    assert len(kept) == 3
+    names = set()
+    for snapshot in kept:
+        copy = tmp_path / f"{snapshot['short_id']}.db"
+        offsite.download(cfg, snapshot["id"], copy)
+        names |= {name for (name,) in sqlite3.connect(copy).execute("SELECT name FROM leads")}
+    assert names == {"Visitor daily", "Visitor hourly", "Visitor now"}
