@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import add_lead, form_fields, free_port, missing, rows, valid_lead
+from conftest import OWNER_PASSWORD, add_lead, form_fields, free_port, missing, rows, sign_in, valid_lead
 from test_housekeeping import post_without_following, wait_until
 
 import db
@@ -427,3 +427,31 @@ def test_the_daily_prune_keeps_hourly_then_daily_snapshots_and_nothing_older(off
         offsite.download(cfg, snapshot["id"], copy)
         names |= {name for (name,) in sqlite3.connect(copy).execute("SELECT name FROM leads")}
     assert names == {"Visitor daily", "Visitor hourly", "Visitor now"}
+
+
+def test_status_page_inbox_banner_and_privacy_page(settings, repository, client):
+    settings.update(restic_settings(repository), RESTIC_REPOSITORY=repository.url.replace("//", "//backup:s3cret@"))
+    app = create_app(settings)
+    assert "encrypted copies" not in create_app({**settings, "RESTIC_REPOSITORY": None}).test_client().get(
+        "/privacy"
+    ).get_data(as_text=True)
+    owner = app.test_client()
+    assert app.test_cli_runner().invoke(args=["create-admin", "owner"], input=OWNER_PASSWORD + "\n").exit_code == 0
+    assert sign_in(owner).status_code == 303
+    privacy = owner.get("/privacy").get_data(as_text=True)
+    assert "a deleted request stays in those copies for at most 30 days" in privacy
+
+    database = db.connect(app.config["DATABASE"])
+    two_days_ago = db.iso_utc(datetime.now(UTC) - timedelta(days=2))
+    entry = {"job": "offsite", "started_at": two_days_ago, "finished_at": two_days_ago, "actor": "housekeeping"}
+    db.log_housekeeping(database, {**entry, "ok": 1, "snapshot": "0123456789abcdef", "leads": 3, "size_bytes": 65536})
+    repository.stop()
+    assert offsite.run_due(database, app.config, datetime.now(UTC), "test")
+    database.close()
+
+    status = owner.get("/admin/status").get_data(as_text=True)
+    assert "rest:http://backup:***@127.0.0.1" in status and "s3cret" not in status
+    assert "the repository cannot be reached" in status
+    assert "01234567" in status and "3 requests" in status  # the last good snapshot
+    inbox = owner.get("/admin").get_data(as_text=True)
+    assert "Off-site backups need attention:" in inbox and "the last good off-site backup is 48 hours old" in inbox
