@@ -6,16 +6,16 @@ own, so an alert service or webhook receiver that is slow or down never holds ba
 """
 
 import base64
+import contextlib
 import functools
 import hashlib
+import http.client
 import json
 import logging
 import re
 import secrets
 import socket
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
@@ -187,15 +187,15 @@ def test_row(key: str, actor: str, config: dict, now: str) -> dict | None:
     return webhook_row("webhook.test", data, config, now)
 
 
-class NoRedirects(urllib.request.HTTPRedirectHandler):
-    """A webhook is never sent on to another address: a redirect answer is the outcome."""
+def delivery_seconds(config: dict) -> float:
+    """One delivery's whole time, answer included: WEBHOOK_TIMEOUT_SECONDS, and well below OUTBOX_STALE_SECONDS,
+    so no other worker reclaims the row (and sends it twice) while this one still waits."""
+    return min(WEBHOOK_TIMEOUT_SECONDS, config["OUTBOX_STALE_SECONDS"] / 2)
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
 
-
-def post_webhook(url: str, secret: str | None, row: dict, now: datetime) -> str:
-    """POST one event, signed now; return what the receiver answered, or raise (PermanentFailure: never retry)."""
+def post_webhook(url: str, secret: str | None, row: dict, now: datetime, seconds: float) -> str:
+    """POST one event, signed now, within `seconds` in all; return what the receiver answered, or raise
+    (PermanentFailure: never retry). A redirect is never followed: it is the outcome."""
     if not secret:
         raise RuntimeError("WEBHOOK_SECRET is not set: make one with `flask --app app webhook-secret`")
     moment = now.astimezone(UTC).replace(microsecond=0)
@@ -206,33 +206,69 @@ def post_webhook(url: str, secret: str | None, row: dict, now: datetime) -> str:
         "webhook-timestamp": str(int(moment.timestamp())),
         "webhook-signature": Webhook(secret).sign(row["message_id"], moment, row["body_text"]),
     }
-    request = urllib.request.Request(url, data=row["body_text"].encode(), headers=headers, method="POST")
-    opener = urllib.request.build_opener(NoRedirects, urllib.request.HTTPSHandler(context=notify.tls_context()))
+    parts = urlsplit(url)
+    if parts.scheme.lower() == "https":
+        conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=seconds, context=notify.tls_context())
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=seconds)
+    # The socket timeout bounds each read only: a receiver sending a byte now and then could hold the
+    # sender for ever. At the deadline the socket is shut, which ends whatever read or write waits.
+    late = threading.Event()
+    watchdog = threading.Timer(seconds, cut_off, [conn, late])
+    watchdog.start()
     try:
-        with opener.open(request, timeout=WEBHOOK_TIMEOUT_SECONDS) as response:
-            return f"answered {response.status}"
-    except urllib.error.HTTPError as error:
-        error.close()
-        if 300 <= error.code < 400:
-            where = error.headers.get("Location", "elsewhere")
-            raise PermanentFailure(f"answered {error.code}, a redirect to {where}, which is not followed") from None
-        if error.code >= 500 or error.code in RETRIED_STATUSES:
-            raise RuntimeError(f"answered {error.code} {error.reason}") from None
-        raise PermanentFailure(f"answered {error.code} {error.reason}") from None
-    except urllib.error.URLError as error:
-        raise RuntimeError(f"could not connect: {error.reason}") from None
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        conn.request("POST", target, row["body_text"].encode(), headers)
+        response = conn.getresponse()
+        code, reason, location = response.status, response.reason, response.getheader("Location", "elsewhere")
+    except (OSError, http.client.HTTPException) as error:
+        if not late.is_set():
+            raise RuntimeError(f"could not connect: {error}") from None
+    finally:
+        watchdog.cancel()
+        conn.close()
+    if late.is_set():  # also when the cut ended the headers early: the answer read is not the receiver's whole
+        raise RuntimeError(f"no complete answer within {seconds:g} s")
+    if 200 <= code < 300:
+        return f"answered {code}"
+    if 300 <= code < 400:
+        raise PermanentFailure(f"answered {code}, a redirect to {location}, which is not followed")
+    if code >= 500 or code in RETRIED_STATUSES:
+        raise RuntimeError(f"answered {code} {reason}")
+    raise PermanentFailure(f"answered {code} {reason}")
 
 
-def send_alert(url: str, row: dict) -> str:
-    """Send one alert through Apprise; return 'delivered', or raise with the reason Apprise logged."""
+def cut_off(conn: http.client.HTTPConnection, late: threading.Event) -> None:
+    """End a webhook's connection where it stands (its deadline passed)."""
+    late.set()
+    with contextlib.suppress(OSError, AttributeError):
+        conn.sock.shutdown(socket.SHUT_RDWR)
+
+
+def send_alert(url: str, row: dict, seconds: float) -> str:
+    """Send one alert through Apprise within `seconds` in all; return 'delivered', or raise with the reason.
+
+    Apprise's own timeouts bound each read, not the whole; past `seconds` the alert is left to its
+    thread (it may still arrive: alerts are at-least-once) and counted as not delivered, to try again.
+    """
     plugin = apprise.Apprise.instantiate(url)
     if plugin is None:
         raise PermanentFailure("ALERT_URLS holds an address Apprise does not know")
-    with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as captured:
-        # The body says it all: a title would repeat it on an SMS (the subject names the row in the admin).
-        delivered = plugin.notify(body=row["body_text"])
+    outcome: list = []
+
+    def notify_now() -> None:
+        with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as captured:
+            # The body says it all: a title would repeat it on an SMS (the subject names the row in the admin).
+            outcome.append((plugin.notify(body=row["body_text"]), captured.getvalue()))
+
+    worker = threading.Thread(target=notify_now, name="alert-delivery", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if not outcome:
+        raise RuntimeError(f"no complete answer within {seconds:g} s")
+    delivered, logged = outcome[0]
     if not delivered:
-        lines = [line for line in captured.getvalue().splitlines() if line.strip()]
+        lines = [line for line in logged.splitlines() if line.strip()]
         raise RuntimeError(masked_topics(lines[-1], plugin) if lines else "the service did not accept the alert")
     return "delivered"
 
@@ -244,10 +280,11 @@ def send_row(database, row: dict, found: tuple[str, str] | None, now: datetime, 
     try:
         if found is None:
             raise PermanentFailure("this address is no longer in ALERT_URLS or WEBHOOK_URL")
+        seconds = delivery_seconds(config)
         if row["channel"] == "alert":
-            outcome = send_alert(found[1], row)
+            outcome = send_alert(found[1], row, seconds)
         else:
-            outcome = post_webhook(found[1], config["WEBHOOK_SECRET"], row, now)
+            outcome = post_webhook(found[1], config["WEBHOOK_SECRET"], row, now, seconds)
     except Exception as error:  # noqa: BLE001 - any failure must be recorded, never lose the row
         reason = notify.header_safe(str(error))[:500] or type(error).__name__
         retry_at = notify.record_failure(database, row, reason, isinstance(error, PermanentFailure), now)
