@@ -302,21 +302,20 @@ def start(app: Flask) -> threading.Event | None:
 def alarm(database, config: dict, now: datetime) -> str | None:
     """Why the off-site backups need the owner's attention, or None (also when none are configured).
 
-    The last good snapshot older than a day, or none at all a day after the first attempt.
+    The last good snapshot is more than a day old, or attempts failed and none ever succeeded.
     """
     if not enabled(config):
         return None
-    good = db.last_housekeeping(database, JOB, ok_only=True)
     last = db.last_housekeeping(database, JOB)
     if last is None:
         return None
-    since = good or last
-    age = now - datetime.fromisoformat(since["finished_at"])
-    if age <= STALE_AFTER:
-        return None
     error = f" (last error: {last['detail']})" if not last["ok"] else ""
+    good = last if last["ok"] else db.last_housekeeping(database, JOB, ok_only=True)
     if good is None:
         return f"no off-site backup has been made yet{error}"
+    age = now - datetime.fromisoformat(good["finished_at"])
+    if age <= STALE_AFTER:
+        return None
     return f"the last good off-site backup is {age.days * 24 + age.seconds // 3600} hours old{error}"
 
 

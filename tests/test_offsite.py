@@ -264,6 +264,7 @@ def test_failures_are_retried_with_backoff_and_logged_once(offsite_app, reposito
     assert offsite.run_due(database, cfg, now + timedelta(seconds=1), "test")  # 1 s after the first failure
     assert not offsite.run_due(database, cfg, now + timedelta(seconds=2), "test")  # then 2 s
     assert offsite.run_due(database, cfg, now + timedelta(seconds=4), "test")
+    assert offsite.alarm(database, cfg, now).startswith("no off-site backup has been made yet (last error: the repo")
     assert [r.message for r in caplog.records if r.levelname == "ERROR"][0].startswith("off-site backup failed")
     assert len([r for r in caplog.records if r.levelname == "ERROR"]) == 1
     status = offsite.status(database, cfg, now + timedelta(days=2))
