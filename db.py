@@ -974,6 +974,15 @@ def email_counts(db: Database) -> dict[str, int]:
     )
 
 
+def email_counts_now(path: str) -> dict[str, int]:
+    """email_counts() read through a new connection to the file as it is now (one that never creates it)."""
+    conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=rw", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        return email_counts(Database(conn))
+    finally:
+        conn.close()
+
+
 def leads_to_remind(db: Database, created_after: str, created_before: str) -> list[dict]:
     """Leads still new, never reminded about, that arrived between the two times."""
     return list(
