@@ -98,8 +98,15 @@ def read(path: Path, clinic: dict[str, str], static_folder: Path) -> dict:
     if not SLUG.fullmatch(slug):
         raise ContentError(f"{path}: slug {slug!r}: use lowercase letters, digits and single hyphens")
     image = meta.get("image")
-    if image is not None and not (static_folder / image).is_file():
-        raise ContentError(f"{path}: image {image!r}: no such file in {static_folder}")
+    if image is not None:
+        found = (static_folder / image).resolve()
+        if Path(image).is_absolute() or not found.is_relative_to(static_folder.resolve()):
+            raise ContentError(
+                f"{path}: image {image!r}: only a relative path to a file inside static/ is accepted, "
+                "like images/clinic.jpg"
+            )
+        if not found.is_file():
+            raise ContentError(f"{path}: image {image!r}: no such file in {static_folder}")
     if meta.get("home", False) not in (True, False):
         raise ContentError(f"{path}: home must be true or false, not {meta['home']!r}")
     published = as_date(meta["published"], "published", path)

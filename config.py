@@ -1,11 +1,13 @@
 """Settings: embedded defaults, overridden by the environment; the only reader of os.environ."""
 
 import base64
+import ipaddress
 import os
 import re
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import dotenv_values
@@ -204,6 +206,11 @@ def finish_channels(config: dict) -> None:
         url = config[name]
         if url and not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", url, re.IGNORECASE):
             raise ConfigError(f"{name}={url!r}: expected a web address starting with https://")
+        if url and url.lower().startswith("http://") and not is_loopback(url):
+            raise ConfigError(
+                f"{name}={url!r}: http:// would carry visitors' requests across the internet unencrypted; "
+                "use an https:// address (http:// is accepted only to this machine, e.g. http://127.0.0.1)"
+            )
     secret = config["WEBHOOK_SECRET"]
     if secret:
         try:
@@ -231,6 +238,15 @@ def finish_offsite(config: dict) -> None:
     if config["OFFSITE_KEEP_DAYS"] < 1:
         raise ConfigError(f"OFFSITE_KEEP_DAYS={config['OFFSITE_KEEP_DAYS']}: expected 1 or more days")
     config.setdefault("RESTIC_ENV", {})
+
+
+def is_loopback(url: str) -> bool:
+    """Whether a web address names this machine (localhost, 127.0.0.0/8, ::1)."""
+    try:
+        host = urlsplit(url).hostname or ""
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]

@@ -34,7 +34,9 @@ def on_starting(server):
     import config
     import visits
 
-    articles.load_for(config.from_env())
+    settings = config.from_env()
+    articles.load_for(settings)
+    config.finish_channels(settings)  # e.g. a WEBHOOK_URL over http:// to another machine
     visits.share_across_workers(server.cfg.workers)
 
 
