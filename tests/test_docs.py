@@ -52,6 +52,11 @@ def test_settings_tables_list_exactly_the_settings_read():
     assert documented == set(config.SETTINGS) | read_by_gunicorn
 
 
+@pytest.mark.parametrize("name, most", [("README.md", 2500), ("docs/owner-guide.md", 1500)])
+def test_the_readme_and_the_owners_guide_stay_short(name, most):
+    assert len((ROOT / name).read_text().split()) <= most
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(ROOT)))
 def test_every_relative_link_and_image_resolves(page):
     missing = []
