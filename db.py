@@ -1221,26 +1221,31 @@ def m010_analytics(db: Database) -> None:
     )
 
 
+VISIT_COUNTS = ("page_views", "visitors", "calls", "booking_clicks")
+
+
 def add_visit_counts(db: Database, rows: list[tuple], max_rows_per_day: int, overflow: str, bounded: set[str]) -> None:
-    """Add (day, page, source, medium, campaign, page_views, visitors) counts to what is stored, in one transaction.
+    """Add (day, page, source, medium, campaign, page_views, visitors, calls, booking_clicks) counts to what is
+    stored, in one transaction.
 
     A day makes at most `max_rows_per_day` rows; past that, a new key's counts go to its page's row with
     source `overflow`. Rows of the `bounded` sources (one per page, such as bots or direct) are always made.
     """
     add = (
-        "UPDATE visit_counts SET page_views = page_views + ?, visitors = visitors + ?"
-        " WHERE day = ? AND page = ? AND source = ? AND medium = ? AND campaign = ?"
+        "UPDATE visit_counts SET "
+        + ", ".join(f"{name} = {name} + ?" for name in VISIT_COUNTS)
+        + " WHERE day = ? AND page = ? AND source = ? AND medium = ? AND campaign = ?"
     )
     upsert = (
-        "INSERT INTO visit_counts (day, page, source, medium, campaign, page_views, visitors)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (day, page, source, medium, campaign) DO UPDATE SET"
-        " page_views = page_views + excluded.page_views, visitors = visitors + excluded.visitors"
+        f"INSERT INTO visit_counts ({', '.join(VISIT_KEY + VISIT_COUNTS)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        f" ON CONFLICT ({', '.join(VISIT_KEY)}) DO UPDATE SET "
+        + ", ".join(f"{name} = {name} + excluded.{name}" for name in VISIT_COUNTS)
     )
     marks = ",".join("?" * len(bounded))
     made: dict[str, int] = {}  # rows of each day, bounded sources left out
     with write(db):
-        for day, page, source, medium, campaign, views, visitors in rows:
-            if db.conn.execute(add, [views, visitors, day, page, source, medium, campaign]).rowcount:
+        for day, page, source, medium, campaign, *counts in rows:
+            if db.conn.execute(add, [*counts, day, page, source, medium, campaign]).rowcount:
                 continue
             if source not in bounded:
                 if day not in made:
@@ -1250,7 +1255,7 @@ def add_visit_counts(db: Database, rows: list[tuple], max_rows_per_day: int, ove
                     source, medium, campaign = overflow, "", ""
                 else:
                     made[day] += 1
-            db.conn.execute(upsert, [day, page, source, medium, campaign, views, visitors])
+            db.conn.execute(upsert, [day, page, source, medium, campaign, *counts])
 
 
 def purge_visit_counts_batch(db: Database, before_day: str, limit: int) -> int:
@@ -1341,3 +1346,10 @@ def housekeeping_failures_in_a_row(db: Database, job: str) -> int:
         [job, job],
     )
     return next(rows)["n"]
+
+
+@migrations()
+def m015_calls_and_booking_clicks(db: Database) -> None:
+    """Taps on the phone number and clicks on Book online, counted per day, page and source beside the visits."""
+    db.table("visit_counts").add_column("calls", int, not_null_default=0)
+    db.table("visit_counts").add_column("booking_clicks", int, not_null_default=0)

@@ -14,12 +14,16 @@ mail = Mail()
 
 
 def client_address() -> str:
-    """The client a rate limit keys on: the peer (as ProxyFix leaves it when trusted); IPv6 by its /64.
+    """The client a rate limit keys on: the peer (as ProxyFix leaves it when trusted); IPv6 by its /64."""
+    return client_network(request.remote_addr or "unknown")
+
+
+def client_network(address: str) -> str:
+    """The network a rate limit counts an address in: an IPv4 address itself, IPv6 by its /64.
 
     One IPv6 subscriber usually gets a whole /64, so counting single addresses would give them
     billions of fresh limits.
     """
-    address = request.remote_addr or "unknown"
     if ":" not in address:
         return address
     try:

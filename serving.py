@@ -38,14 +38,15 @@ CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 def init_app(app: Flask) -> None:
     """Trust proxies as configured, add headers and a log line to every response, serve static files."""
     app.session_interface = SessionCookies()
-    app.wsgi_app = first_visit_landing(app, app.wsgi_app)
+    count = visits.init_app(app)
+    app.wsgi_app = visits.calls_route(app, first_visit_landing(app, app.wsgi_app))
     if app.config["TRUSTED_PROXIES"] > 0:
         n = app.config["TRUSTED_PROXIES"]
         # The visitor's address and scheme only: the Host the visitor sent stays the host (a forged
         # X-Forwarded-Host could otherwise pass flask-wtf's same-origin Referer check).
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=0, x_port=0)
     headers = list(security_headers(app.config["HTTPS"]).items())
-    app.wsgi_app = with_headers(app.wsgi_app, headers, visits.init_app(app))
+    app.wsgi_app = with_headers(app.wsgi_app, headers, count)
     app.after_request(finish_response)
     app.view_functions["static"] = send_static
     keep_log_records_on_one_line()

@@ -27,10 +27,13 @@ from zoneinfo import ZoneInfo
 
 from crawlerdetect import CrawlerDetect
 from flask import Flask
+from limits import parse_many
 
 import db
+from extensions import client_network, limiter
 
 log = logging.getLogger("clinic.visits")
+request_log = logging.getLogger("clinic.request")
 
 FLUSH_SECONDS = 5.0
 BOTS = "bots"
@@ -40,6 +43,12 @@ OTHER = "other"  # the visits of a day's new sources past ANALYTICS_MAX_ROWS_PER
 BOUNDED = {BOTS, DIRECT, INTERNAL, OTHER}  # sources with one row per page at most: never held back by the limit
 # C0 and C1 controls, format characters and line separators: taken out of a tag before it is counted or stored.
 CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2028\u2029\u2060-\u206f\ufeff]")
+# What a queued entry adds to its row: the index of its count in [page views, visitors, calls, booking clicks].
+VIEW, CALL, BOOKING_CLICK = 0, 2, 3
+CALLS_PATH = "/calls"
+CALL_PAGES = ("/privacy", "/thanks")  # with the articles: the pages a call is counted on by their path
+ERROR_PAGE = "(error page)"  # the page of a call from any other page: a 404's, a 429's ...
+BEACON_MAX_BYTES = 4096
 # Pages that are counted: what a visitor reads, i.e. a 200 HTML answer to GET outside these prefixes.
 NOT_PAGES = ("/admin", "/static")
 # Crawlers by crawlerdetect's list, plus tools it may let through: Lighthouse, headless and scripted browsers.
@@ -269,7 +278,8 @@ class Counter:
         self.max_rows_per_day = app.config["ANALYTICS_MAX_ROWS_PER_DAY"]
         self.own_hosts = {host_of(app.config["SITE_URL"])}
         self.visitors = SHARED or VisitorTable()  # outside gunicorn (tests, `make dev`) one process is the server
-        self.visits: deque[tuple] = deque()  # (day, page, agent, utm query, referrer, host, new visitor): see take()
+        # (day, page, agent, utm query, referrer, host, new visitor, VIEW/CALL/BOOKING_CLICK): see take()
+        self.visits: deque[tuple] = deque()
         self.unwritten: dict[tuple, list[int]] = {}  # counts a failed write left for the next one
         self.flush_lock = threading.Lock()  # the writing thread and the analytics page may flush at once
         self.bots: dict[str, bool] = {}  # this cache and the next: only take() uses them, holding flush_lock
@@ -293,9 +303,7 @@ class Counter:
                 if not value.startswith("text/html"):
                     return
                 break
-        now = clock()
-        if not self.day_starts <= now < self.day_ends:
-            self.set_day(now)
+        self.today()
         agent = environ.get("HTTP_USER_AGENT", "")
         new_visitor = False
         if environ.get("HTTP_SEC_GPC") != "1" and environ.get("HTTP_DNT") != "1":
@@ -305,7 +313,19 @@ class Counter:
         query = environ.get("QUERY_STRING", "")
         visit = (self.day, path[:200], agent, query if "utm_" in query else "", environ.get("HTTP_REFERER", ""))
         # atomic: no lock a thread could hold across a GIL switch
-        self.visits.append((*visit, environ.get("HTTP_HOST", ""), new_visitor))
+        self.visits.append((*visit, environ.get("HTTP_HOST", ""), new_visitor, VIEW))
+
+    def today(self) -> str:
+        """The clinic's calendar day now (ISO), moving on at midnight."""
+        now = clock()
+        if not self.day_starts <= now < self.day_ends:
+            self.set_day(now)
+        return self.day
+
+    def count(self, kind: int, page: str, agent: str, query: str, referrer: str, host: str) -> None:
+        """Queue a call or a booking click (`kind`) on the row its page view would have: no visitor, no identifier."""
+        day = self.today()
+        self.visits.append((day, page[:200], agent, query if "utm_" in query else "", referrer, host, False, kind))
 
     def source(self, query: str, referrer: str, host: str) -> tuple[str, str, str]:
         """(source, medium, campaign) of a visit, from a cache keyed by its utm_ query, referrer and host."""
@@ -329,19 +349,22 @@ class Counter:
         return bot
 
     def take(self) -> dict[tuple, list[int]]:
-        """The visits gathered since the last call, added up: {key: [views, visitors]} (call holding flush_lock)."""
+        """What was gathered since the last call, added up: {key: [views, visitors, calls, booking clicks]}.
+
+        Call holding flush_lock.
+        """
         pending, self.unwritten = self.unwritten, {}
         visits = self.visits
         while visits:
-            day, page, agent, query, referrer, host, new_visitor = visits.popleft()
+            day, page, agent, query, referrer, host, new_visitor, kind = visits.popleft()
             if self.is_bot(agent):
                 key, new_visitor = (day, page, BOTS, "", ""), False
             else:
                 key = (day, page, *self.source(query, referrer, host))
             counts = pending.get(key)
             if counts is None:
-                counts = pending[key] = [0, 0]
-            counts[0] += 1
+                counts = pending[key] = [0, 0, 0, 0]
+            counts[kind] += 1
             counts[1] += new_visitor
         return pending
 
@@ -371,6 +394,70 @@ def init_app(app: Flask) -> Callable | None:
         return None
     counter = app.extensions["visits"] = Counter(app)
     return counter
+
+
+def calls_route(app: Flask, wsgi_app):
+    """Answer `POST /calls`, the site script's beacon for a tap on a `tel:` link, below Flask's dispatch.
+
+    Nobody reads the answer and a page view should not cost more, so Flask's per-request machinery is
+    skipped, as the first-visit landing skips it: instead of a CSRF token, only the browser's own
+    same-origin headers are believed (another site's page cannot set them); `/contact`'s rate limit per
+    client network; then the call joins the counter's queue with the page's path, `utm_` tags and
+    referrer, which name its row as they named the page view's. 204, or 403, 413, 429 without a body.
+    """
+    counter = app.extensions.get("visits")
+    limits = parse_many(app.config["CONTACT_RATE_LIMIT"]) if app.config["RATELIMIT_ENABLED"] else []
+    pages = {article["path"] for article in app.extensions["articles"]} | set(CALL_PAGES)
+
+    def within_limit(address: str) -> bool:
+        network = client_network(address)
+        try:
+            return all(limiter.limiter.hit(item, CALLS_PATH, network) for item in limits)
+        except Exception:  # a broken counter store must not stop the counting (RATELIMIT_SWALLOW_ERRORS)
+            log.exception("could not check the rate limit of a call")
+            return True
+
+    def answer(environ) -> str:
+        if not same_origin(environ):
+            return "403 Forbidden"
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return "400 Bad Request"
+        if length > BEACON_MAX_BYTES:
+            return "413 Content Too Large"
+        body = environ["wsgi.input"].read(length) if length > 0 else b""
+        if not within_limit(environ.get("REMOTE_ADDR", "")):
+            return "429 Too Many Requests"
+        if counter is not None:
+            fields = {name: values[0] for name, values in parse_qs(body.decode("utf-8", "replace")).items()}
+            page = fields.get("page", "")
+            agent, host = environ.get("HTTP_USER_AGENT", ""), environ.get("HTTP_HOST", "")
+            page = page if page in pages else ERROR_PAGE
+            counter.count(CALL, page, agent, fields.get("query", ""), fields.get("referrer", ""), host)
+        return "204 No Content"
+
+    def calls(environ, start_response):
+        if environ.get("PATH_INFO") != CALLS_PATH or environ.get("REQUEST_METHOD") != "POST":
+            return wsgi_app(environ, start_response)
+        status = answer(environ)
+        start_response(status, [("Content-Length", "0"), ("Cache-Control", "no-store")])
+        elapsed = (time.perf_counter() - environ.get("clinic.started", time.perf_counter())) * 1000
+        request_log.info("POST %s %s 0B %.1fms", CALLS_PATH, status[:3], elapsed)
+        return []
+
+    return calls
+
+
+def same_origin(environ: dict) -> bool:
+    """Whether the browser says this request comes from a page of this site (Sec-Fetch-Site, else Origin)."""
+    fetch_site = environ.get("HTTP_SEC_FETCH_SITE")
+    if fetch_site is not None:
+        return fetch_site == "same-origin"
+    try:
+        return urlsplit(environ.get("HTTP_ORIGIN") or "").netloc == environ.get("HTTP_HOST", "") != ""
+    except ValueError:
+        return False
 
 
 def flush(app: Flask) -> None:

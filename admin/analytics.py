@@ -1,4 +1,4 @@
-"""Analytics: visitors, requests and bookings by source and campaign over a period, a chart per day, the CSV."""
+"""Analytics: visitors, calls, requests and bookings by source and campaign over a period, charts per day, the CSV."""
 
 import csv
 import io
@@ -13,8 +13,13 @@ import visits
 from admin import bp, clinic_zone
 from admin.inbox import csv_cell, read_filters
 
-CSV_COLUMNS = ["day", "page", "source", "medium", "campaign", "page_views", "visitors", "requests", "booked"]
-COUNTS = ("visitors", "page_views", "requests", "booked")
+CSV_COLUMNS = [
+    *("day", "page", "source", "medium", "campaign"),
+    *("page_views", "visitors", "requests", "booked", "calls", "booking_clicks"),
+]
+COUNTS = ("visitors", "page_views", "calls", "requests", "booked", "booking_clicks")
+STORED = ("page_views", "visitors", "calls", "booking_clicks")  # in visit_counts; the rest come from the leads
+CHARTED = ("visitors", "calls", "requests")
 SORTS = ("source", "campaign", *COUNTS, "conversion")
 CHART_BARS_MAX = 62  # a longer period is drawn a few days to a bar
 LINES_SHOWN = 100  # sources and campaigns on the page; the rest are added up in one line (the CSV has them all)
@@ -38,7 +43,7 @@ def counts_by_row(first: date, last: date) -> dict[tuple, dict[str, int]]:
     merged: dict[tuple, dict[str, int]] = {}
     for row in db.visit_counts(database, first.isoformat(), last.isoformat()):
         key = tuple(row[name] for name in db.VISIT_KEY)
-        merged[key] = {"page_views": row["page_views"], "visitors": row["visitors"], "requests": 0, "booked": 0}
+        merged[key] = {**{name: row[name] for name in STORED}, "requests": 0, "booked": 0}
     since = db.iso_utc(datetime.combine(first, time.min, zone))
     until = db.iso_utc(datetime.combine(last + timedelta(days=1), time.min, zone))
     own_hosts = {visits.host_of(current_app.config["SITE_URL"])}
@@ -82,11 +87,11 @@ def by_source(merged: dict[tuple, dict[str, int]], sort: str, descending: bool) 
 
 
 def chart(merged: dict[tuple, dict[str, int]], first: date, last: date) -> dict:
-    """Visitors and requests per day (a few days to a bar over long periods), shaped for inline SVG."""
+    """Visitors, calls and requests per day (a few days to a bar over long periods), shaped for inline SVG."""
     days = (last - first).days + 1
     span = math.ceil(days / CHART_BARS_MAX)
     bars = math.ceil(days / span)
-    sums = {name: [0] * bars for name in ("visitors", "requests")}
+    sums = {name: [0] * bars for name in CHARTED}
     for key, counts in merged.items():
         if key[2] != visits.BOTS:
             index = (date.fromisoformat(key[0]) - first).days // span
@@ -118,7 +123,7 @@ def quick_periods(today: date) -> list[tuple[str, str, str]]:
 
 @bp.get("/analytics")
 def analytics():
-    """Which sources and campaigns bring visitors, requests and bookings, over a period (default 30 days)."""
+    """Which sources and campaigns bring visitors, calls, requests and bookings, over a period (default 30 days)."""
     visits.flush(current_app)  # this process's latest visits; the other workers' arrive within seconds
     today = datetime.now(clinic_zone()).date()
     first, last = period(request.args, today, 30)
@@ -142,6 +147,7 @@ def analytics():
         descending=descending,
         chart=chart(merged, first, last),
         bots=bots["page_views"],
+        bot_calls=bots["calls"],
         bots_share=round(100 * share),
         analytics_on=current_app.config["ANALYTICS"],
     )

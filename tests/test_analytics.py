@@ -175,13 +175,15 @@ def test_a_lead_from_a_campaign_is_a_request_of_that_campaign_and_booked_when_ma
     owner = signed_in(app)
     page = owner.get("/admin/analytics").get_data(as_text=True)
     line = re.search(r"<tr><th scope=\"row\">facebook <span class=\"campaign\">spring</span></th>(.*?)</tr>", page)[1]
-    assert re.findall(r"<td>([^<]*)</td>", line) == ["3", "3", "1", "0", "33.3 %"]
+    assert re.findall(r"<td>([^<]*)</td>", line) == ["3", "3", "0", "1", "0", "0", "33.3 %"]
     funnel = dict(re.findall(r"<dt>([^<]+)</dt><dd>([^<]+)</dd>", page))
     assert funnel == {
         "Visitors": "4",
         "Page views": "4",
+        "Calls": "0",
         "Requests": "1",  # the spam is not a request
         "Booked": "0",
+        "Book online clicks": "0",
         "Visitors who sent a request": "25.0 %",
     }
 
@@ -191,7 +193,7 @@ def test_a_lead_from_a_campaign_is_a_request_of_that_campaign_and_booked_when_ma
     assert owner.post(f"/admin/leads/{lead_id}", data={"status": "booked", "csrf_token": token}).status_code == 303
     page = owner.get("/admin/analytics?from=2000-01-01").get_data(as_text=True)
     line = re.search(r"<tr><th scope=\"row\">facebook <span class=\"campaign\">spring</span></th>(.*?)</tr>", page)[1]
-    assert re.findall(r"<td>([^<]*)</td>", line) == ["3", "3", "1", "1", "33.3 %"]
+    assert re.findall(r"<td>([^<]*)</td>", line) == ["3", "3", "0", "1", "1", "0", "33.3 %"]
     exported = [r for r in csv_rows(owner.get("/admin/analytics.csv")) if r["source"] == "facebook"]
     assert exported == [
         {
@@ -204,6 +206,8 @@ def test_a_lead_from_a_campaign_is_a_request_of_that_campaign_and_booked_when_ma
             "visitors": "3",
             "requests": "1",
             "booked": "1",
+            "calls": "0",
+            "booking_clicks": "0",
         }
     ]
 
@@ -235,7 +239,8 @@ def test_the_csv_has_the_columns_and_days_asked_for_and_is_formula_safe(owner_ap
     assert response.headers["Content-Type"].startswith("text/csv")
     assert response.headers["Content-Disposition"].startswith("attachment")
     text = response.get_data().decode("utf-8-sig")
-    assert text.splitlines()[0] == "day,page,source,medium,campaign,page_views,visitors,requests,booked"
+    header = "day,page,source,medium,campaign,page_views,visitors,requests,booked,calls,booking_clicks"
+    assert text.splitlines()[0] == header
     found = csv_rows(response)
     sources = {r["source"]: r for r in found}
     assert sources['\'=hyperlink("http://evil.example")']["campaign"] == "'+cmd|calc"
@@ -255,7 +260,8 @@ def test_the_privacy_page_says_what_is_counted_and_that_nothing_identifies_a_vis
     page = response.get_data(as_text=True)
     assert "What we count when you visit" in page
     assert "cannot be traced back to you" in page
-    assert "Nothing is stored on your device for this: no cookie, no script." in page
+    assert "Nothing is stored on your device for this: no cookie." in page
+    assert "When you tap our phone number, the page tells our server only that a call was started from it" in page
     assert "Global Privacy Control or Do Not Track" in page
     assert "Set-Cookie" not in response.headers
 
