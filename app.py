@@ -303,7 +303,7 @@ def contact():
         channels.wake_senders()
     session["thanks_name"] = form.name.data
     if current_app.config["BOOKING_URL"]:
-        session["thanks_campaign"] = confirmation.campaign(lead)
+        session["thanks_booking"] = confirmation.booking_token(lead_id, current_app.config["SECRET_KEY"])
     return redirect(url_for(".thanks"), 303)
 
 
@@ -311,20 +311,28 @@ def contact():
 def thanks():
     """Thank the visitor by name, once (the name leaves their cookie), say what happens next, offer to book."""
     serving.keep_private()
-    booking = confirmation.booking_link(current_app.config["BOOKING_URL"], session.pop("thanks_campaign", {}))
+    token = session.pop("thanks_booking", None)
+    booking = url_for(".book", token=token) if current_app.config["BOOKING_URL"] else None
     return render_template("thanks.html", name=session.pop("thanks_name", None), booking=booking)
 
 
+@bp.get("/book", defaults={"token": None})
 @bp.get("/book/<token>")
-def book(token: str):
-    """The confirmation's booking button: 303 to BOOKING_URL with the campaign tags stored with the lead."""
+def book(token: str | None):
+    """Book online (the confirmation's button, and /thanks's): counted as a booking click, then 303 to BOOKING_URL
+    with the campaign tags stored with the lead the token names (/thanks without a request of the visitor's: none)."""
     serving.keep_private()
     cfg = current_app.config
-    lead_id = confirmation.read_booking_token(token, cfg["SECRET_KEY"])
-    lead = db.get_lead(db.get_db(), lead_id) if lead_id is not None and cfg["BOOKING_URL"] else None
-    if lead is None:
+    if not cfg["BOOKING_URL"]:
         abort(404)
-    return redirect(confirmation.booking_link(cfg["BOOKING_URL"], lead), 303)
+    lead = None
+    if token is not None:
+        lead_id = confirmation.read_booking_token(token, cfg["SECRET_KEY"])
+        lead = db.get_lead(db.get_db(), lead_id) if lead_id is not None else None
+        if lead is None:
+            abort(404)
+    visits.count_booking_click(current_app, request.environ, lead)
+    return redirect(confirmation.booking_link(cfg["BOOKING_URL"], lead or {}), 303)
 
 
 @bp.get("/privacy")

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, timedelta
 from datetime import time as day_start
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
 from crawlerdetect import CrawlerDetect
@@ -49,6 +49,7 @@ CALLS_PATH = "/calls"
 CALL_PAGES = ("/privacy", "/thanks")  # with the articles: the pages a call is counted on by their path
 ERROR_PAGE = "(error page)"  # the page of a call from any other page: a 404's, a 429's ...
 BEACON_MAX_BYTES = 4096
+UTM_FIELDS = ("utm_source", "utm_medium", "utm_campaign")
 # Pages that are counted: what a visitor reads, i.e. a 200 HTML answer to GET outside these prefixes.
 NOT_PAGES = ("/admin", "/static")
 # Crawlers by crawlerdetect's list, plus tools it may let through: Lighthouse, headless and scripted browsers.
@@ -447,6 +448,21 @@ def calls_route(app: Flask, wsgi_app):
         return []
 
     return calls
+
+
+def count_booking_click(app: Flask, environ: dict, lead: dict | None) -> None:
+    """Count a click on Book online on the row of the lead's request (its page and source), else of /thanks."""
+    counter = app.extensions.get("visits")
+    if counter is None:
+        return
+    agent = environ.get("HTTP_USER_AGENT", "")
+    if lead is None:  # /thanks opened without a request of the visitor's: the page it was clicked on
+        counter.count(
+            BOOKING_CLICK, "/thanks", agent, "", environ.get("HTTP_REFERER", ""), environ.get("HTTP_HOST", "")
+        )
+        return
+    query = urlencode({name: lead.get(name) or "" for name in UTM_FIELDS})
+    counter.count(BOOKING_CLICK, lead.get("landing_page") or "/", agent, query, lead.get("referrer") or "", "")
 
 
 def same_origin(environ: dict) -> bool:

@@ -1,9 +1,13 @@
-"""Calls: a tap on a tel: link, sent by the site's script to POST /calls, counted on the row of its page view."""
+"""Calls (a tap on a tel: link, sent by the site's script to POST /calls) and clicks on Book online, counted on the
+row of the page view or request they came from."""
+
+import re
 
 import pytest
-from conftest import rows
+from conftest import post_lead, rows
 from test_analytics import CHROME, FIREFOX, counted, visit
 
+import confirmation
 from app import create_app
 
 AD = "/?utm_source=facebook&utm_medium=cpc&utm_campaign=spring"
@@ -102,3 +106,36 @@ def test_every_public_page_loads_the_script_and_the_admin_does_not(app):
         assert '<script src="/static/site.js?v=' in page, path
     page = app.test_client().get("/admin/login").get_data(as_text=True)
     assert "site.js" not in page
+
+
+def booking_clicks(app) -> dict[tuple, int]:
+    """{(page, source, medium, campaign): booking clicks} of every stored row with one."""
+    counted(app)
+    found = rows(app, "SELECT * FROM visit_counts WHERE booking_clicks > 0")
+    return {(r["page"], r["source"], r["medium"], r["campaign"]): r["booking_clicks"] for r in found}
+
+
+def test_book_online_clicks_count_on_the_row_of_their_request(settings):
+    app = create_app({**settings, "BOOKING_URL": "https://booking.example/clinic"})
+    visitor = app.test_client()  # the visitor's browser, cookies and all
+    visitor.environ_base["HTTP_USER_AGENT"] = FIREFOX
+    thanks = visitor.get(post_lead(visitor, AD).headers["Location"]).get_data(as_text=True)
+    [button] = re.findall(r'<a class="button" href="(/book/[^"]+)">Book online</a>', thanks)
+    booked = visitor.get(button)
+    assert booked.status_code == 303 and booked.headers["Location"].startswith("https://booking.example/clinic?")
+    lead_id = rows(app, "SELECT id FROM leads")[0]["id"]
+    emailed = f"/book/{confirmation.booking_token(lead_id, app.config['SECRET_KEY'])}"  # the confirmation's button
+    assert app.test_client().get(emailed, headers={"User-Agent": CHROME}).status_code == 303
+    assert visitor.get("/book").status_code == 303  # /thanks again, its request gone from the session
+    assert app.test_client().get(emailed, headers={"User-Agent": "Mozilla/5.0 (compatible; bingbot/2.0)"}).status_code
+    assert app.test_client().get("/book/MQ.forged").status_code == 404
+    assert booking_clicks(app) == {
+        ("/", "facebook", "cpc", "spring"): 2,
+        ("/thanks", "direct", "", ""): 1,
+        ("/", "bots", "", ""): 1,
+    }
+
+
+def test_without_a_booking_url_there_is_nothing_to_click(app):
+    assert app.test_client().get("/book").status_code == 404
+    assert booking_clicks(app) == {}

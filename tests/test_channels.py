@@ -325,10 +325,12 @@ def test_thanks_shows_the_booking_button_with_the_visits_campaign(settings):
     app = create_app({**settings, "BOOKING_URL": "https://booking.example/book?utm_campaign=own"})
     client = app.test_client()
     html = client.get(post_lead(client, UTM).headers["Location"]).get_data(as_text=True)
-    assert 'href="https://booking.example/book?utm_campaign=own&amp;utm_source=google&amp;utm_medium=cpc"' in html
-    assert "Book online" in html
-    again = client.get("/thanks").get_data(as_text=True)  # the campaign left the session with the name
-    assert 'href="https://booking.example/book?utm_campaign=own"' in again
+    [link] = re.findall(r'<a class="button" href="(/book/[^"]+)">Book online</a>', html)  # counted on its way
+    booked = client.get(link)
+    assert booked.headers["Location"] == "https://booking.example/book?utm_campaign=own&utm_source=google&utm_medium=cpc"
+    again = client.get("/thanks").get_data(as_text=True)  # the request left the session with the name
+    assert '<a class="button" href="/book">Book online</a>' in again
+    assert client.get("/book").headers["Location"] == "https://booking.example/book?utm_campaign=own"
 
 
 def test_thanks_has_no_booking_button_without_booking_url(settings):
