@@ -59,12 +59,14 @@ def test_past_the_daily_limit_new_sources_are_counted_as_other(app, settings):
     app.config["ANALYTICS_MAX_ROWS_PER_DAY"] = 2
     counter = visits.Counter(app)
     counter.visits.extend(
-        ("2026-03-01", "/", FIREFOX, f"utm_source=s{i}", "", "clinic.example", True) for i in range(4)
+        ("2026-03-01", "/", FIREFOX, f"utm_source=s{i}", "", "clinic.example", True, visits.VIEW) for i in range(4)
     )
-    counter.visits.append(("2026-03-01", "/", FIREFOX, "", "", "clinic.example", True))  # direct: always its row
-    counter.visits.append(("2026-03-01", "/", FIREFOX, "utm_source=s0", "", "clinic.example", False))
+    counter.visits.append(
+        ("2026-03-01", "/", FIREFOX, "", "", "clinic.example", True, visits.VIEW)
+    )  # direct: always its row
+    counter.visits.append(("2026-03-01", "/", FIREFOX, "utm_source=s0", "", "clinic.example", False, visits.VIEW))
     counter.flush()
-    counter.visits.append(("2026-03-02", "/", FIREFOX, "utm_source=s9", "", "clinic.example", True))
+    counter.visits.append(("2026-03-02", "/", FIREFOX, "utm_source=s9", "", "clinic.example", True, visits.VIEW))
     counter.flush()
     with sqlite3.connect(app.config["DATABASE"]) as conn:
         stored = conn.execute("SELECT day, source, page_views, visitors FROM visit_counts ORDER BY 1, 2").fetchall()
@@ -82,7 +84,9 @@ def test_visit_counts_older_than_the_retention_period_go_with_the_daily_purge(ap
     now = datetime(2026, 6, 30, 19, 0, tzinfo=UTC)  # noon on 30 June in the clinic's zone
     days = ["2026-05-30", "2026-05-31", "2026-06-01", "2026-06-30"]
     database = db.connect(app.config["DATABASE"])
-    db.add_visit_counts(database, [(day, "/", "direct", "", "", 1, 1) for day in days], 1000, "other", visits.BOUNDED)
+    db.add_visit_counts(
+        database, [(day, "/", "direct", "", "", 1, 1, 0, 0) for day in days], 1000, "other", visits.BOUNDED
+    )
     assert housekeeping.run_daily(database, app.config, now, "test")
     assert [r["day"] for r in database.query("SELECT day FROM visit_counts ORDER BY day")] == days[1:]
     app.config["ANALYTICS_RETENTION_DAYS"] = 0  # keeps every day

@@ -139,3 +139,11 @@ def test_book_online_clicks_count_on_the_row_of_their_request(settings):
 def test_without_a_booking_url_there_is_nothing_to_click(app):
     assert app.test_client().get("/book").status_code == 404
     assert booking_clicks(app) == {}
+
+
+def test_calls_fall_under_the_daily_row_limit_like_the_visits(settings):
+    app = create_app({**settings, "ANALYTICS_MAX_ROWS_PER_DAY": 1})
+    visit(app, "/?utm_source=first")
+    call(app, query="utm_source=first")
+    call(app, query="utm_source=second")  # a second source that day: past the limit
+    assert calls_counted(app) == {("/", "first", "", ""): 1, ("/", "other", "", ""): 1}
