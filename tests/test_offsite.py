@@ -359,7 +359,11 @@ def test_loss_drill_killed_150_s_after_the_last_change_loses_nothing(serve, repo
     leads_notes_and_statuses(server, 40, f"{server.data_dir}/leads.db")
     before = lead_state(f"{server.data_dir}/leads.db")
     assert len(before["leads"]) == 39 and before["notes"]
+    last_change = datetime.now(UTC)
     time.sleep(150)
+    sent = [e for e in offsite_log(f"{server.data_dir}/leads.db") if e["ok"]][-1]
+    after = (datetime.fromisoformat(sent["finished_at"]) - last_change).total_seconds()
+    print(f"the last change was off-site {after:.0f} s after it was made")
     lose_the_server(server)
 
     fresh = tmp_path / "new-machine"
