@@ -17,6 +17,7 @@ import pytest
 from conftest import OWNER_PASSWORD, add_lead, form_fields, free_port, missing, rows, sign_in, valid_lead
 from test_housekeeping import post_without_following, wait_until
 
+import config
 import db
 import offsite
 import readiness
@@ -460,3 +461,23 @@ def test_status_page_inbox_banner_and_privacy_page(settings, repository, client)
     assert "01234567" in status and "3 requests" in status  # the last good snapshot
     inbox = owner.get("/admin").get_data(as_text=True)
     assert "Off-site backups need attention:" in inbox and "the last good off-site backup is 48 hours old" in inbox
+
+
+def test_restic_gets_its_own_and_its_backends_variables_and_no_other_secret(tmp_path):
+    environ = {
+        "ENV_FILE": "",
+        "PATH": "/usr/bin",
+        "RESTIC_REPOSITORY": "s3:https://s3.example.com/bucket",
+        "RESTIC_PASSWORD_FILE": str(tmp_path / "key"),
+        "AWS_ACCESS_KEY_ID": "id",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "MAIL_PASSWORD": "mail secret",
+        "SECRET_KEY": "session secret",
+    }
+    cfg = config.finish({**config.from_env(environ), "DATA_DIR": str(tmp_path)})
+    env = offsite.restic_env(cfg)
+    assert env["AWS_ACCESS_KEY_ID"] == "id" and env["AWS_SECRET_ACCESS_KEY"] == "secret"
+    assert env["RESTIC_REPOSITORY"] == "s3:https://s3.example.com/bucket" and env["PATH"] == "/usr/bin"
+    assert "MAIL_PASSWORD" not in env and "SECRET_KEY" not in env
+    with pytest.raises(config.ConfigError, match="RESTIC_REPOSITORY is set without its key"):
+        config.finish(config.from_env({"ENV_FILE": "", "RESTIC_REPOSITORY": "sftp:host:/x", "DATA_DIR": str(tmp_path)}))
