@@ -30,6 +30,8 @@ import channels
 import config
 import confirmation
 import db
+import db.leads
+import db.outbox
 import housekeeping
 import notify
 import offsite
@@ -289,12 +291,12 @@ def contact():
     database = db.get_db()
     try:
         with db.write(database):
-            lead_id, is_new = db.add_lead(database, lead, now)
+            lead_id, is_new = db.leads.add_lead(database, lead, now)
             if is_new and not reasons:
                 stored = {**lead, "id": lead_id, "created_at": now, "status": "new"}
-                db.enqueue_email(database, notify.lead_email(stored, current_app.config), now)
+                db.outbox.enqueue(database, notify.lead_email(stored, current_app.config), now)
                 for row in channels.new_lead_rows(database, stored, current_app.config, now):
-                    db.enqueue_email(database, row, now)
+                    db.outbox.enqueue(database, row, now)
     except sqlite3.Error:
         log.exception("could not store a lead")
         abort(503)
@@ -328,7 +330,7 @@ def book(token: str | None):
     lead = None
     if token is not None:
         lead_id = confirmation.read_booking_token(token, cfg["SECRET_KEY"])
-        lead = db.get_lead(db.get_db(), lead_id) if lead_id is not None else None
+        lead = db.leads.get_lead(db.get_db(), lead_id) if lead_id is not None else None
         if lead is None:
             abort(404)
     visits.count_booking_click(current_app, request.environ, lead)
@@ -361,7 +363,7 @@ def health():
     after the file was overwritten in place, while every new connection fails.
     """
     try:
-        counts = db.email_counts_now(current_app.config["DATABASE"])
+        counts = db.outbox.delivery_counts_now(current_app.config["DATABASE"])
     except sqlite3.Error as error:
         log.error("health check: the database cannot be read: %s", error)
         return {"database": f"cannot be read: {error}"}, 503

@@ -17,6 +17,7 @@ from flask import Flask, current_app
 from flask.cli import with_appcontext
 
 import db
+import db.housekeeping
 import offsite
 
 log = logging.getLogger("clinic.backups")
@@ -207,7 +208,7 @@ def log_backup(database, result: dict | None, error: str | None, started: dateti
         "actor": actor,
     }
     try:
-        db.log_housekeeping(database, {**entry, **(result or {})})
+        db.housekeeping.log_housekeeping(database, {**entry, **(result or {})})
     except sqlite3.OperationalError as failure:  # e.g. writers held the lock past the busy timeout
         # The backup itself stands; only the status page will not list it.
         log.warning(

@@ -27,6 +27,7 @@ from standardwebhooks import Webhook
 
 import confirmation
 import db
+import db.outbox
 import notify
 
 log = logging.getLogger("clinic.channels")
@@ -293,7 +294,7 @@ def send_row(database, row: dict, found: tuple[str, str] | None, now: datetime, 
         else:
             log.warning("%s not delivered (attempt %s), retry at %s: %s", what, row["attempts"], retry_at, reason)
         return False
-    if db.mark_sent(database, row["id"], stamp):
+    if db.outbox.mark_sent(database, row["id"], stamp):
         log.info("%s %s (attempt %s)", what, outcome, row["attempts"])
         return True
     return False
@@ -306,7 +307,7 @@ def drain(database, config: dict, now: datetime | None = None, stop: threading.E
     while not (stop and stop.is_set()):
         moment = now or datetime.now(UTC)
         stale = moment - timedelta(seconds=config["OUTBOX_STALE_SECONDS"])
-        rows = db.claim_due_emails(database, db.iso_utc(moment), db.iso_utc(stale), limit=1, channels=CHANNELS)
+        rows = db.outbox.claim_due_rows(database, db.iso_utc(moment), db.iso_utc(stale), limit=1, channels=CHANNELS)
         if not rows:
             break
         delivered += send_row(database, rows[0], where.get(rows[0]["target"]), moment, config)
@@ -330,7 +331,7 @@ def status(database, config: dict) -> list[dict]:
     found = []
     for key, (channel, url) in destinations(config).items():
         label = "Phone alert" if channel == "alert" else "Webhook"
-        health = db.channel_health(database, channel, key)
+        health = db.outbox.channel_health(database, channel, key)
         found.append({"key": key, "channel": channel, "label": label, "shown": shown_url(channel, url), **health})
     return found
 

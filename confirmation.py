@@ -10,6 +10,7 @@ from flask import render_template
 from itsdangerous import BadSignature, URLSafeSerializer
 
 import db
+import db.outbox
 import notify
 
 log = logging.getLogger("clinic.confirmation")
@@ -68,12 +69,12 @@ def rows(database, lead: dict, config: dict, now: str) -> list[dict]:
     if not config["AUTOREPLY"] or not address or lead.get("is_spam"):
         return []
     moment = datetime.fromisoformat(now)
-    day = db.confirmed_addresses_since(database, db.iso_utc(moment - ONE_PER_ADDRESS))
+    day = db.outbox.confirmed_addresses_since(database, db.iso_utc(moment - ONE_PER_ADDRESS))
     if mailbox(address) in {mailbox(sent) for sent in day}:
         return []
-    if db.count_confirmations_since(database, db.iso_utc(moment - ONE_HOUR)) >= config["AUTOREPLY_MAX_PER_HOUR"]:
+    if db.outbox.count_confirmations_since(database, db.iso_utc(moment - ONE_HOUR)) >= config["AUTOREPLY_MAX_PER_HOUR"]:
         hour = moment.strftime("%Y-%m-%dT%H")
-        if db.add_skipped_confirmation(database, hour, db.iso_utc(moment - ONE_PER_ADDRESS * 30)):
+        if db.outbox.add_skipped_confirmation(database, hour, db.iso_utc(moment - ONE_PER_ADDRESS * 30)):
             log.warning(
                 "more than %s confirmations this hour (AUTOREPLY_MAX_PER_HOUR): the rest of the hour's are skipped",
                 config["AUTOREPLY_MAX_PER_HOUR"],

@@ -18,7 +18,7 @@ from wtforms import EmailField, HiddenField, PasswordField, SelectField, StringF
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length, ValidationError
 
-from db import LEAD_STATUSES
+from db.leads import LEAD_STATUSES
 
 TokenSerializer = TypeVar("TokenSerializer", bound=URLSafeSerializerMixin)
 

@@ -14,6 +14,9 @@ from flask import Flask
 
 import backups
 import db
+import db.accounts
+import db.housekeeping
+import db.visits
 import notify
 
 log = logging.getLogger("clinic.housekeeping")
@@ -39,9 +42,9 @@ def purge(database, config: dict, before: datetime, stop: threading.Event | None
     """
     stamp = db.iso_utc(before)
     steps = {
-        "leads": lambda: db.purge_leads_batch(database, stamp, PURGE_BATCH),
-        "emails": lambda: db.purge_finished_emails_batch(database, stamp, PURGE_BATCH),
-        "audit": lambda: (db.purge_audit_batch(database, stamp, PURGE_BATCH), []),
+        "leads": lambda: db.housekeeping.purge_leads_batch(database, stamp, PURGE_BATCH),
+        "emails": lambda: db.housekeeping.purge_finished_rows_batch(database, stamp, PURGE_BATCH),
+        "audit": lambda: (db.housekeeping.purge_audit_batch(database, stamp, PURGE_BATCH), []),
     }
     counts = dict.fromkeys(steps, 0)
     for kind, step in steps.items():
@@ -54,7 +57,7 @@ def purge(database, config: dict, before: datetime, stop: threading.Event | None
             if count < PURGE_BATCH:
                 break
             time.sleep(max(PAUSE_SECONDS, 2 * (time.monotonic() - started)))
-    counts["kept"] = db.count_leads_kept_undelivered(database, stamp)
+    counts["kept"] = db.housekeeping.count_leads_kept_undelivered(database, stamp)
     return counts
 
 
@@ -65,7 +68,7 @@ def purge_and_log(database, config: dict, now: datetime, days: int, actor: str, 
         counts = purge(database, config, now - timedelta(days=days), stop)
     except sqlite3.Error as error:
         entry = {"job": "purge", "started_at": db.iso_utc(started), "finished_at": db.utcnow(), "ok": 0}
-        db.log_housekeeping(database, {**entry, "detail": f"failed: {error}", "actor": actor})
+        db.housekeeping.log_housekeeping(database, {**entry, "detail": f"failed: {error}", "actor": actor})
         raise
     detail = (
         f"{counts['leads']} lead(s) older than {days} days, {counts['emails']} finished email(s), "
@@ -74,22 +77,22 @@ def purge_and_log(database, config: dict, now: datetime, days: int, actor: str, 
     if counts["kept"]:
         detail += f"; {counts['kept']} lead(s) kept past the retention period: not yet delivered"
     entry = {"job": "purge", "started_at": db.iso_utc(started), "finished_at": db.utcnow(), "ok": 1}
-    db.log_housekeeping(database, {**entry, "detail": detail, "leads": counts["leads"], "actor": actor})
-    db.audit(database, actor, "purged leads", db.utcnow(), detail=f"{counts['leads']} older than {days} days")
+    db.housekeeping.log_housekeeping(database, {**entry, "detail": detail, "leads": counts["leads"], "actor": actor})
+    db.accounts.audit(database, actor, "purged leads", db.utcnow(), detail=f"{counts['leads']} older than {days} days")
     log.info("retention purge by %s: %s deleted", actor, detail)
     return counts
 
 
 def run_daily(database, config: dict, now: datetime, who: str, stop=None) -> bool:
     """Back up and purge if the day's housekeeping is due and this process wins it; return True if it did."""
-    if not db.claim_housekeeping(database, JOB, db.iso_utc(now), db.iso_utc(now + EVERY), who):
+    if not db.housekeeping.claim_housekeeping(database, JOB, db.iso_utc(now), db.iso_utc(now + EVERY), who):
         return False
     try:
         result = backups.backup_and_log(database, config, now, "housekeeping")
         log.info("backup written to %s: %s lead(s), %s bytes", result["path"], result["leads"], result["size_bytes"])
     except backups.BackupError as error:
         log.error("%s; trying again in an hour", error)
-        db.set_housekeeping_due(database, JOB, db.iso_utc(now + RETRY_AFTER_FAILURE))
+        db.housekeeping.set_housekeeping_due(database, JOB, db.iso_utc(now + RETRY_AFTER_FAILURE))
     days = config["LEAD_RETENTION_DAYS"]
     if days > 0:
         purge_and_log(database, config, now, days, "housekeeping", stop)
@@ -108,7 +111,7 @@ def purge_visit_counts(database, config: dict, now: datetime, stop=None) -> int:
     before = (today - timedelta(days=days)).isoformat()
     deleted = 0
     while not (stop and stop.is_set()):
-        count = db.purge_visit_counts_batch(database, before, PURGE_BATCH)
+        count = db.visits.purge_visit_counts_batch(database, before, PURGE_BATCH)
         deleted += count
         if count < PURGE_BATCH:
             break
@@ -141,7 +144,7 @@ def backup_alarm(database, now: datetime) -> str | None:
 
     A new site that has made no backup yet is fine.
     """
-    last = db.last_housekeeping(database, "backup")
+    last = db.housekeeping.last_housekeeping(database, "backup")
     if last is None:
         return None
     if not last["ok"]:
@@ -155,9 +158,9 @@ def backup_alarm(database, now: datetime) -> str | None:
 def status(database, now: datetime) -> dict:
     """The last backup, the last good one, the last purge and any alarm, for the status page."""
     return {
-        "last_backup": db.last_housekeeping(database, "backup"),
-        "last_good_backup": db.last_housekeeping(database, "backup", ok_only=True),
-        "last_purge": db.last_housekeeping(database, "purge"),
+        "last_backup": db.housekeeping.last_housekeeping(database, "backup"),
+        "last_good_backup": db.housekeeping.last_housekeeping(database, "backup", ok_only=True),
+        "last_purge": db.housekeeping.last_housekeeping(database, "purge"),
         "alarm": backup_alarm(database, now),
-        "due_at": db.housekeeping_due_at(database, JOB),
+        "due_at": db.housekeeping.housekeeping_due_at(database, JOB),
     }

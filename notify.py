@@ -22,6 +22,7 @@ from flask_mail import Message
 
 import articles
 import db
+import db.outbox
 import reminders
 
 log = logging.getLogger("clinic.outbox")
@@ -306,7 +307,7 @@ def send_one(database, row: dict, send: Callable[[Message], str], now: datetime,
                 reason,
             )
         return False
-    if not db.mark_sent(database, row["id"], stamp):
+    if not db.outbox.mark_sent(database, row["id"], stamp):
         # Its lead was deleted while it was out: keep no copy of it on disk either.
         eml_path(row["message_id"], config).unlink(missing_ok=True)
         log.info("email %s for lead %s was deleted with its lead while being sent", row["id"], row["lead_id"])
@@ -327,10 +328,10 @@ def record_failure(database, row: dict, reason: str, permanent: bool, now: datet
     """
     stamp = now.isoformat(timespec="seconds")
     if permanent or now - datetime.fromisoformat(row["created_at"]) > GIVE_UP_AFTER:
-        db.mark_failed(database, row["id"], stamp, reason)
+        db.outbox.mark_failed(database, row["id"], stamp, reason)
         return None
     retry_at = retry_time(row, now)
-    db.mark_retry(database, row["id"], stamp, reason, retry_at)
+    db.outbox.mark_retry(database, row["id"], stamp, reason, retry_at)
     return retry_at
 
 
@@ -338,8 +339,8 @@ def back_off_all(database, row: dict, reason: str, now: datetime, config: dict) 
     """The mail server cannot be used: record the one attempt, move every waiting email to the same later time."""
     stamp = now.isoformat(timespec="seconds")
     retry_at = retry_time(row, now)
-    db.mark_retry(database, row["id"], stamp, reason, retry_at)
-    others = db.defer_waiting_emails(database, stamp, reason, retry_at)
+    db.outbox.mark_retry(database, row["id"], stamp, reason, retry_at)
+    others = db.outbox.defer_waiting_emails(database, stamp, reason, retry_at)
     log.warning(
         "mail server %s:%s unavailable; %s email(s) wait until %s: %s",
         config["MAIL_SERVER"],
@@ -362,7 +363,7 @@ def drain(database, config: dict, now: datetime | None = None, stop: threading.E
             stale = (moment - timedelta(seconds=config["OUTBOX_STALE_SECONDS"])).isoformat(timespec="seconds")
             # One at a time: a claimed email is being sent, so a slow server cannot age a
             # batch of claims past OUTBOX_STALE_SECONDS and let another sender take them.
-            rows = db.claim_due_emails(database, stamp, stale, limit=1)
+            rows = db.outbox.claim_due_rows(database, stamp, stale, limit=1)
             if not rows:
                 break
             try:
@@ -375,7 +376,7 @@ def drain(database, config: dict, now: datetime | None = None, stop: threading.E
 
 def seconds_until_due(database, poll: float, channels: tuple[str, ...] = ("email",)) -> float:
     """How long the sender may sleep before a row of `channels` falls due (at most `poll`)."""
-    due = db.next_due_at(database, channels)
+    due = db.outbox.next_due_at(database, channels)
     if due is None:
         return poll
     wait = (datetime.fromisoformat(due) - datetime.now(UTC)).total_seconds()

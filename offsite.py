@@ -17,6 +17,7 @@ from flask import Flask
 
 import backups
 import db
+import db.housekeeping
 
 log = logging.getLogger("clinic.offsite")
 
@@ -226,7 +227,7 @@ def log_run(database, job: str, started: datetime, actor: str, result: dict | No
         "actor": actor,
     }
     try:
-        db.log_housekeeping(database, {**entry, **(result or {})})
+        db.housekeeping.log_housekeeping(database, {**entry, **(result or {})})
     except sqlite3.OperationalError as failure:  # the upload stands; only the status page misses it
         log.warning("off-site %s: could not record it in the housekeeping log: %s", job, failure)
 
@@ -251,29 +252,29 @@ def retry_after(failures: int, config: dict) -> timedelta:
 def run_due(database, config: dict, now: datetime, who: str) -> bool:
     """Take the off-site snapshot if it is due and this process wins it, then the daily prune; True if it tried."""
     changed_before = now - timedelta(seconds=config["OFFSITE_DELAY_SECONDS"])
-    if not db.claim_offsite_snapshot(
+    if not db.housekeeping.claim_offsite_snapshot(
         database, db.iso_utc(now), db.iso_utc(changed_before), db.iso_utc(now + EVERY), who
     ):
         return False
-    was_failing = db.housekeeping_failures_in_a_row(database, JOB) > 0
+    was_failing = db.housekeeping.housekeeping_failures_in_a_row(database, JOB) > 0
     try:
         result = snapshot_and_log(database, config, now, "housekeeping")
     except OffsiteError as error:
-        failures = db.housekeeping_failures_in_a_row(database, JOB)
+        failures = db.housekeeping.housekeeping_failures_in_a_row(database, JOB)
         wait = retry_after(failures, config)
-        db.set_housekeeping_due(database, JOB, db.iso_utc(now + wait))
+        db.housekeeping.set_housekeeping_due(database, JOB, db.iso_utc(now + wait))
         if not was_failing:  # once per outage; the status page keeps the latest error
             log.error("off-site backup failed: %s; trying again with backoff (at most hourly) until it works", error)
         return True
     if was_failing:
         log.info("off-site backup works again: snapshot %s", result["snapshot"])
-    if db.claim_housekeeping(database, PRUNE_JOB, db.iso_utc(now), db.iso_utc(now + EVERY), who):
+    if db.housekeeping.claim_housekeeping(database, PRUNE_JOB, db.iso_utc(now), db.iso_utc(now + EVERY), who):
         try:
             forget(config)
             log_run(database, PRUNE_JOB, now, "housekeeping", None, None)
         except OffsiteError as error:
             log_run(database, PRUNE_JOB, now, "housekeeping", None, str(error))
-            db.set_housekeeping_due(database, PRUNE_JOB, db.iso_utc(now + MAX_RETRY))
+            db.housekeeping.set_housekeeping_due(database, PRUNE_JOB, db.iso_utc(now + MAX_RETRY))
             log.warning("off-site prune failed: %s; trying again in an hour", error)
     return True
 
@@ -306,11 +307,11 @@ def alarm(database, config: dict, now: datetime) -> str | None:
     """
     if not enabled(config):
         return None
-    last = db.last_housekeeping(database, JOB)
+    last = db.housekeeping.last_housekeeping(database, JOB)
     if last is None:
         return None
     error = f" (last error: {last['detail']})" if not last["ok"] else ""
-    good = last if last["ok"] else db.last_housekeeping(database, JOB, ok_only=True)
+    good = last if last["ok"] else db.housekeeping.last_housekeeping(database, JOB, ok_only=True)
     if good is None:
         return f"no off-site backup has been made yet{error}"
     age = now - datetime.fromisoformat(good["finished_at"])
@@ -323,10 +324,10 @@ def status(database, config: dict, now: datetime) -> dict:
     """The last snapshot, the last good one, the last prune, the masked repository and any alarm (status page)."""
     return {
         "repository": masked(config["RESTIC_REPOSITORY"] or ""),
-        "last": db.last_housekeeping(database, JOB),
-        "last_good": db.last_housekeeping(database, JOB, ok_only=True),
-        "last_prune": db.last_housekeeping(database, PRUNE_JOB),
-        "changed_at": db.offsite_changed_at(database),
+        "last": db.housekeeping.last_housekeeping(database, JOB),
+        "last_good": db.housekeeping.last_housekeeping(database, JOB, ok_only=True),
+        "last_prune": db.housekeeping.last_housekeeping(database, PRUNE_JOB),
+        "changed_at": db.housekeeping.offsite_changed_at(database),
         "alarm": alarm(database, config, now),
         "keep_days": config["OFFSITE_KEEP_DAYS"],
     }

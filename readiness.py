@@ -13,6 +13,7 @@ from flask.cli import with_appcontext
 import channels
 import config
 import db
+import db.accounts
 import housekeeping
 import notify
 import offsite
@@ -53,7 +54,7 @@ def problems(cfg: dict, database, now: datetime) -> list[str]:
     found.extend(channels.problems(cfg))
     if cfg["CLINIC_EMAIL"] == config.SETTINGS["CLINIC_EMAIL"][0]:
         found.append(f"CLINIC_EMAIL is still the example address {cfg['CLINIC_EMAIL']}: set the clinic's mailbox")
-    if not db.count_accounts(database):
+    if not db.accounts.count_accounts(database):
         found.append("No admin account: create one with `flask --app app create-admin USERNAME`")
     found.append(data_dir_problem(cfg))
     if https and cfg["TRUSTED_PROXIES"] == 0:

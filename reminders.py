@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 from flask import render_template
 
 import db
+import db.outbox
 
 log = logging.getLogger("clinic.reminders")
 
@@ -57,7 +58,7 @@ def queue_due(database, config: dict, now: datetime) -> int:
     queued = 0
     try:
         # A lead younger than the limit in plain hours cannot be due yet.
-        candidates = db.leads_to_remind(
+        candidates = db.outbox.leads_to_remind(
             database,
             (now - LOOK_BACK).isoformat(timespec="seconds"),
             (now - timedelta(seconds=limit)).isoformat(timespec="seconds"),
@@ -66,7 +67,7 @@ def queue_due(database, config: dict, now: datetime) -> int:
             waited = working_seconds(datetime.fromisoformat(lead["created_at"]), now, config)
             if waited >= limit:
                 email = reminder_email(lead, round(waited / 3600, 1), config)
-                if db.queue_reminder(database, lead["id"], email, now.isoformat(timespec="seconds")):
+                if db.outbox.queue_reminder(database, lead["id"], email, now.isoformat(timespec="seconds")):
                     log.info("reminder queued for lead %s, waiting %.1f working hours", lead["id"], waited / 3600)
                     queued += 1
     except sqlite3.Error:

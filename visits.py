@@ -30,6 +30,7 @@ from flask import Flask
 from limits import parse_many
 
 import db
+import db.visits
 from extensions import client_network, limiter
 
 log = logging.getLogger("clinic.visits")
@@ -379,7 +380,7 @@ class Counter:
                 database = db.connect(self.database)
                 try:
                     counts = [(*key, *counts) for key, counts in pending.items()]
-                    db.add_visit_counts(database, counts, self.max_rows_per_day, OTHER, BOUNDED)
+                    db.visits.add_visit_counts(database, counts, self.max_rows_per_day, OTHER, BOUNDED)
                 finally:
                     database.close()
             except sqlite3.Error:

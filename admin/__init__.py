@@ -17,6 +17,7 @@ import phonenumbers
 from flask import Blueprint, Flask, current_app, g, request
 
 import db
+import db.accounts
 
 log = logging.getLogger("clinic.admin")
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -32,7 +33,7 @@ def init_app(app: Flask) -> None:
     app.jinja_env.filters["phone"] = phone_display
     try:
         with contextlib.closing(db.connect(app.config["DATABASE"])) as database:
-            if not db.count_accounts(database):
+            if not db.accounts.count_accounts(database):
                 log.warning("No admin account yet: create one with `flask --app app create-admin USERNAME`")
     except sqlite3.DatabaseError:
         pass  # db.init_app said what is wrong with the database
@@ -72,7 +73,9 @@ def phone_display(number: str | None) -> str:
 def audit(action: str, lead_id: int | None = None, detail: str = "", actor: str | None = None) -> None:
     """Append to the audit log as the signed-in account, from this request's address."""
     who = actor or (g.account["username"] if g.get("account") else "(nobody)")
-    db.audit(db.get_db(), who, action, db.utcnow(), lead_id=lead_id, detail=detail, address=request.remote_addr or "")
+    db.accounts.audit(
+        db.get_db(), who, action, db.utcnow(), lead_id=lead_id, detail=detail, address=request.remote_addr or ""
+    )
 
 
 # The sections add their views to `bp` when imported, so they come after it.

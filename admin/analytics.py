@@ -9,6 +9,7 @@ from datetime import date, datetime, time, timedelta
 from flask import Response, current_app, render_template, request
 
 import db
+import db.visits
 import visits
 from admin import bp, clinic_zone
 from admin.inbox import csv_cell, read_filters
@@ -41,13 +42,13 @@ def counts_by_row(first: date, last: date) -> dict[tuple, dict[str, int]]:
     database = db.get_db()
     zone = clinic_zone()
     merged: dict[tuple, dict[str, int]] = {}
-    for row in db.visit_counts(database, first.isoformat(), last.isoformat()):
-        key = tuple(row[name] for name in db.VISIT_KEY)
+    for row in db.visits.visit_counts(database, first.isoformat(), last.isoformat()):
+        key = tuple(row[name] for name in db.visits.VISIT_KEY)
         merged[key] = {**{name: row[name] for name in STORED}, "requests": 0, "booked": 0}
     since = db.iso_utc(datetime.combine(first, time.min, zone))
     until = db.iso_utc(datetime.combine(last + timedelta(days=1), time.min, zone))
     own_hosts = {visits.host_of(current_app.config["SITE_URL"])}
-    for lead in db.leads_for_analytics(database, since, until):
+    for lead in db.visits.leads_for_analytics(database, since, until):
         day = visits.day_of(lead["created_at"], zone).isoformat()
         key = (day, lead["landing_page"] or "/", *visits.source_of(lead, lead["referrer"], own_hosts))
         counts = merged.setdefault(key, dict.fromkeys(COUNTS, 0))

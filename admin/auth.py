@@ -22,6 +22,7 @@ from flask import (
 from werkzeug.security import check_password_hash, generate_password_hash
 
 import db
+import db.accounts
 from admin import audit, bp, log
 from admin.devices import browser_name, known_device, remember_device
 from extensions import client_address, limiter
@@ -52,13 +53,13 @@ def signed_in_account(now: datetime) -> dict | None:
     if not isinstance(sid, str):
         return None
     database = db.get_db()
-    account = db.session_account(database, session_hash(sid), *session_limits(now))
+    account = db.accounts.session_account(database, session_hash(sid), *session_limits(now))
     if account is None:
         session.pop("admin_sid")
         flash("Your session has ended. Please sign in again.")
         return None
     if account["last_seen_at"] < db.iso_utc(now - TOUCH_EVERY):
-        db.touch_session(database, account["session_id"], db.iso_utc(now))
+        db.accounts.touch_session(database, account["session_id"], db.iso_utc(now))
     return account
 
 
@@ -110,7 +111,7 @@ def session_limits(now: datetime) -> tuple[str, str]:
 
 def live_sessions(account: dict, now: datetime) -> list[dict]:
     """The account's sessions that are still open, the most recently used first."""
-    return db.sessions_of_account(db.get_db(), account["id"], *session_limits(now))
+    return db.accounts.sessions_of_account(db.get_db(), account["id"], *session_limits(now))
 
 
 def add_attempt(username: str, device: str | None, now: datetime) -> tuple[list[int], int]:
@@ -125,7 +126,7 @@ def add_attempt(username: str, device: str | None, now: datetime) -> tuple[list[
     else:
         limits = {f"account:{username}": most, f"address:{client_address()}": most * ADDRESS_FAILURE_FACTOR}
     window = timedelta(minutes=cfg["LOGIN_LOCK_MINUTES"])
-    ids, oldest = db.add_sign_in_attempt(db.get_db(), limits, db.iso_utc(now - window), db.iso_utc(now))
+    ids, oldest = db.accounts.add_sign_in_attempt(db.get_db(), limits, db.iso_utc(now - window), db.iso_utc(now))
     if oldest is None:
         return ids, 0
     # Open again once the oldest failure that still counts leaves the window.
@@ -173,18 +174,18 @@ def login():
             )
             return render_template("admin/login.html", form=form, message=message, target=target), 429
         database = db.get_db()
-        account = db.get_account(database, username)
+        account = db.accounts.get_account(database, username)
         matches = password_matches(account, form.password.data, known=device is not None)
         if matches is None:
-            db.forget_sign_in_attempt(database, attempt)
+            db.accounts.forget_sign_in_attempt(database, attempt)
             log.warning("admin sign-in refused: %s password checks already running", HASH_SLOTS_MAX)
             message = "Many sign-ins are being checked right now. Please try again in a few seconds."
             page = render_template("admin/login.html", form=form, message=message, target=target)
             return page, 503, {"Retry-After": "5"}
         if account and matches:
-            db.forget_sign_in_attempt(database, attempt)
+            db.accounts.forget_sign_in_attempt(database, attempt)
             if not device:
-                db.clear_login_failures(database, f"account:{username}")
+                db.accounts.clear_login_failures(database, f"account:{username}")
             return start_session(account, target, now)
         audit("sign-in failed", actor=username if account else "(unknown name)")
         log.warning("failed admin sign-in from %s", request.remote_addr)
@@ -198,8 +199,10 @@ def start_session(account: dict, target: str, now: datetime):
     session.clear()
     sid = secrets.token_urlsafe(32)
     browser = browser_name(request.user_agent.string)
-    db.start_session(database, session_hash(sid), account["id"], request.remote_addr or "", browser, db.iso_utc(now))
-    db.end_expired_sessions(database, *session_limits(now))
+    db.accounts.start_session(
+        database, session_hash(sid), account["id"], request.remote_addr or "", browser, db.iso_utc(now)
+    )
+    db.accounts.end_expired_sessions(database, *session_limits(now))
     session["admin_sid"] = sid
     g.account = account
     audit("signed in")
@@ -213,7 +216,7 @@ def start_session(account: dict, target: str, now: datetime):
 def logout():
     """Sign out: the session ends on the server, so an old copy of the cookie opens nothing."""
     audit("signed out")
-    db.end_session(db.get_db(), g.account["session_id"])
+    db.accounts.end_session(db.get_db(), g.account["session_id"])
     session.clear()
     flash("You are signed out.")
     return redirect(url_for("admin.login"), 303)
@@ -223,7 +226,7 @@ def logout():
 def sign_out_everywhere():
     """End every session of this account, this one included, so a lost phone or a shared computer opens nothing."""
     audit("signed out everywhere")
-    count = db.end_account_sessions(db.get_db(), g.account["id"])
+    count = db.accounts.end_account_sessions(db.get_db(), g.account["id"])
     session.clear()
     flash(f"You are signed out everywhere: {count} session{'s' if count != 1 else ''} ended.")
     return redirect(url_for("admin.login"), 303)

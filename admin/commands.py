@@ -10,6 +10,7 @@ from flask.cli import with_appcontext
 from werkzeug.security import generate_password_hash
 
 import db
+import db.accounts
 import housekeeping
 
 USERNAME = re.compile(r"[a-z0-9][a-z0-9._@-]{0,63}")
@@ -32,9 +33,9 @@ def create_admin_command(username: str) -> None:
         raise click.ClickException(f"Please choose a password of at least {PASSWORD_MIN} characters.")
     database = db.connect(current_app.config["DATABASE"])
     try:
-        created = db.set_password(database, name, generate_password_hash(password), db.utcnow())
+        created = db.accounts.set_password(database, name, generate_password_hash(password), db.utcnow())
         action = "account created" if created else "password reset"
-        db.audit(database, "command line", action, db.utcnow(), detail=name)
+        db.accounts.audit(database, "command line", action, db.utcnow(), detail=name)
     finally:
         database.close()
     if created:

@@ -12,6 +12,7 @@ from flask import Response, current_app, request, url_for
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 import db
+import db.accounts
 
 DEVICE_COOKIE = "admin_device"
 DEVICE_LIFETIME = timedelta(days=365)
@@ -71,7 +72,7 @@ def known_device(username: str | None = None) -> str | None:
         return None
     if username is not None and data["account"] != username:
         return None
-    account = db.get_account(db.get_db(), data["account"])
+    account = db.accounts.get_account(db.get_db(), data["account"])
     if account is None or account["device_generation"] != data["generation"]:
         return None
     return data["device"]

@@ -10,6 +10,9 @@ from flask import Response, current_app, render_template, request, stream_with_c
 
 import articles
 import db
+import db.leads
+import db.outbox
+import db.search
 import housekeeping
 import offsite
 from admin import audit, bp, clinic_zone
@@ -38,7 +41,7 @@ def read_filters(args) -> dict:
     """The inbox filter from the query string, with anything unusable dropped."""
     status = args.get("status", "")
     filters = {
-        "status": status if status in db.LEAD_STATUSES else "",
+        "status": status if status in db.leads.LEAD_STATUSES else "",
         "q": args.get("q", "").strip()[:200],
         "from": "",
         "to": "",
@@ -53,7 +56,7 @@ def read_filters(args) -> dict:
 
 
 def query_args(filters: dict) -> dict:
-    """The search arguments for db.search_leads and db.count_by_status."""
+    """The search arguments for db.search.search_leads and db.search.count_by_status."""
     zone = clinic_zone()
     since = until = None
     if filters["from"]:
@@ -70,10 +73,10 @@ def dashboard(now: datetime) -> dict:
     today = now.astimezone(zone).date()
     first = today - timedelta(days=29)
     bounds = [db.iso_utc(datetime.combine(first + timedelta(days=i), time.min, zone)) for i in range(31)]
-    counts = db.leads_per_period(db.get_db(), bounds)
+    counts = db.search.leads_per_period(db.get_db(), bounds)
     per_day = dict(zip((first + timedelta(days=i) for i in range(30)), counts, strict=True))
     sources = Counter()
-    for source, n in db.lead_sources_since(db.get_db(), bounds[0]).items():
+    for source, n in db.search.lead_sources_since(db.get_db(), bounds[0]).items():
         sources[(source or "").strip()[:16] or "(direct)"] += n
     peak = max([*per_day.values(), 1])
     days = []
@@ -110,12 +113,14 @@ def inbox():
     filters = read_filters(request.args)
     database = db.get_db()
     args = query_args(filters)
-    counts = db.count_by_status(database, **args)
+    counts = db.search.count_by_status(database, **args)
     total = counts[filters["status"]] if filters["status"] else sum(n for s, n in counts.items() if s != "spam")
     pages = max(1, math.ceil(total / PAGE_SIZE))
     page = min(max(1, request.args.get("page", 1, type=int)), pages)
     leads = list(
-        db.search_leads(database, filters["status"] or None, **args, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
+        db.search.search_leads(
+            database, filters["status"] or None, **args, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
+        )
     )
     return render_template(
         "admin/inbox.html",
@@ -127,11 +132,11 @@ def inbox():
         current={k: v for k, v in filters.items() if v},
         page=page,
         pages=pages,
-        labels=db.LEAD_STATUSES,
+        labels=db.leads.LEAD_STATUSES,
         article_titles={article["path"]: article["title"] for article in articles.all_articles()},
         chart=dashboard(datetime.now(UTC)),
         periods=periods(datetime.now(UTC)),
-        health=db.email_health(database),
+        health=db.outbox.delivery_health(database),
         backup_alarm=housekeeping.backup_alarm(database, datetime.now(UTC)),
         offsite_alarm=offsite.alarm(database, current_app.config, datetime.now(UTC)),
     )
@@ -152,11 +157,11 @@ def export_csv():
         yield "\ufeff" + buffer.getvalue()
         buffer.seek(0)
         buffer.truncate()
-        found = db.iter_leads_for_export(db.get_db(), filters["status"] or None, **query_args(filters))
+        found = db.search.iter_leads_for_export(db.get_db(), filters["status"] or None, **query_args(filters))
         for n, lead in enumerate(found, 1):
             lead = {**lead, "created_at": datetime.fromisoformat(lead["created_at"]).astimezone(zone)}
             lead["created_at"] = lead["created_at"].strftime("%Y-%m-%d %H:%M")
-            lead["status"] = db.LEAD_STATUSES.get(lead["status"], lead["status"])
+            lead["status"] = db.leads.LEAD_STATUSES.get(lead["status"], lead["status"])
             writer.writerow([csv_cell(lead[key]) for _, key in CSV_COLUMNS])
             if n % 200 == 0:  # one write to the socket per 200 rows, not per row
                 yield buffer.getvalue()

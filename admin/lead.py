@@ -6,13 +6,15 @@ from flask import abort, current_app, flash, g, redirect, render_template, reque
 
 import channels
 import db
+import db.leads
+import db.outbox
 import notify
 from admin import audit, bp, log
 from forms import LeadUpdateForm
 
 
 def lead_or_404(lead_id: int) -> dict:
-    lead = db.get_lead(db.get_db(), lead_id)
+    lead = db.leads.get_lead(db.get_db(), lead_id)
     if lead is None:
         abort(404)
     return lead
@@ -21,10 +23,13 @@ def lead_or_404(lead_id: int) -> dict:
 def render_lead(lead: dict, form: LeadUpdateForm, status: int = 200):
     database = db.get_db()
     emails = [
-        {**e, "attempts_log": db.email_attempts(database, e["id"])} for e in db.emails_for_lead(database, lead["id"])
+        {**e, "attempts_log": db.outbox.attempts_of_row(database, e["id"])}
+        for e in db.outbox.rows_for_lead(database, lead["id"])
     ]
-    notes = db.notes_for_lead(database, lead["id"])
-    page = render_template("admin/lead.html", lead=lead, form=form, emails=emails, notes=notes, labels=db.LEAD_STATUSES)
+    notes = db.leads.notes_for_lead(database, lead["id"])
+    page = render_template(
+        "admin/lead.html", lead=lead, form=form, emails=emails, notes=notes, labels=db.leads.LEAD_STATUSES
+    )
     return page, status
 
 
@@ -46,12 +51,12 @@ def update_lead(lead_id: int):
     # One lead.updated for the save, queued with its first change.
     event = channels.lead_event("lead.updated", {**lead, "status": form.status.data}, current_app.config, now)
     if form.status.data != lead["status"]:
-        db.set_status(database, lead_id, form.status.data, now, queue=event)
+        db.leads.set_status(database, lead_id, form.status.data, now, queue=event)
         event = []
         audit("status changed", lead_id, f"{lead['status']} → {form.status.data}")
-        done.append(f"marked {db.LEAD_STATUSES[form.status.data].lower()}")
+        done.append(f"marked {db.leads.LEAD_STATUSES[form.status.data].lower()}")
     if form.note.data:
-        db.add_note(database, lead_id, g.account["username"], form.note.data, now, queue=event)
+        db.leads.add_note(database, lead_id, g.account["username"], form.note.data, now, queue=event)
         audit("note added", lead_id)
         done.append("note added")
     if done:
@@ -67,7 +72,7 @@ def mark_spam(lead_id: int):
     status = "spam" if request.form.get("spam") == "1" else "new"
     now = db.utcnow()
     event = channels.lead_event("lead.updated", {**lead, "status": status}, current_app.config, now)
-    db.set_status(db.get_db(), lead_id, status, now, queue=event)
+    db.leads.set_status(db.get_db(), lead_id, status, now, queue=event)
     channels.wake.set()
     audit("status changed", lead_id, f"{lead['status']} → {status}")
     flash(
@@ -86,7 +91,7 @@ def confirm_delete(lead_id: int):
 def delete_lead(lead_id: int):
     """Delete a lead, its notes and its emails (a privacy request)."""
     lead_or_404(lead_id)
-    for message_id in db.delete_lead(db.get_db(), lead_id):
+    for message_id in db.leads.delete_lead(db.get_db(), lead_id):
         notify.eml_path(message_id, current_app.config).unlink(missing_ok=True)
     audit("deleted lead", lead_id)
     log.info("lead %s deleted by admin %s", lead_id, g.account["id"])
@@ -98,13 +103,13 @@ def delete_lead(lead_id: int):
 def resend_email(email_id: int):
     """Send an email again through the outbox."""
     database = db.get_db()
-    email = db.get_email(database, email_id)
+    email = db.outbox.get_row(database, email_id)
     if email is None:
         abort(404)
-    db.resend_email(database, email_id, make_msgid(domain="clinic-site"), db.utcnow())
+    db.outbox.resend(database, email_id, make_msgid(domain="clinic-site"), db.utcnow())
     channels.wake_senders()
     audit("email sent again", email["lead_id"], f"email #{email_id}")
     flash("The email is queued to be sent again. Its delivery shows below in a moment.")
-    if email["lead_id"] and db.get_lead(database, email["lead_id"]):
+    if email["lead_id"] and db.leads.get_lead(database, email["lead_id"]):
         return redirect(url_for("admin.lead_detail", lead_id=email["lead_id"]), 303)
     return redirect(url_for("admin.status"), 303)

@@ -7,6 +7,9 @@ from flask import abort, current_app, flash, g, redirect, render_template, url_f
 
 import channels
 import db
+import db.accounts
+import db.housekeeping
+import db.outbox
 import housekeeping
 import notify
 import offsite
@@ -23,26 +26,26 @@ def status():
     month_ago = db.iso_utc(datetime.now(UTC) - timedelta(days=30))
     return render_template(
         "admin/status.html",
-        health=db.email_health(database),
-        email_channel=db.channel_health(database, "email"),
+        health=db.outbox.delivery_health(database),
+        email_channel=db.outbox.channel_health(database, "email"),
         channels=channels.status(database, cfg),
         mail_server=f"{cfg['MAIL_SERVER']}:{cfg['MAIL_PORT']}" if cfg["MAIL_SERVER"] else None,
         mail_folder=Path(cfg["DATA_DIR"]) / "mail",
         clinic_email=cfg["CLINIC_EMAIL"],
         reminder_hours=cfg["REMINDER_AFTER_HOURS"],
         work_hours=f"{cfg['CLINIC_DAYS']}, {opens // 60:02d}:{opens % 60:02d}–{closes // 60:02d}:{closes % 60:02d}",
-        audit_log=db.recent_audit(database),
+        audit_log=db.accounts.recent_audit(database),
         sessions=live_sessions(g.account, datetime.now(UTC)),
         housekeeping=housekeeping.status(database, datetime.now(UTC)),
         retention_days=cfg["LEAD_RETENTION_DAYS"],
-        kept_undelivered=db.count_leads_kept_undelivered(
+        kept_undelivered=db.housekeeping.count_leads_kept_undelivered(
             database, db.iso_utc(datetime.now(UTC) - timedelta(days=cfg["LEAD_RETENTION_DAYS"]))
         )
         if cfg["LEAD_RETENTION_DAYS"] > 0
         else 0,
         keep_days=cfg["BACKUP_KEEP_DAYS"],
         autoreply_max=cfg["AUTOREPLY_MAX_PER_HOUR"] if cfg["AUTOREPLY"] else None,
-        skipped_confirmations=db.skipped_confirmations_since(database, month_ago),
+        skipped_confirmations=db.outbox.skipped_confirmations_since(database, month_ago),
         offsite=offsite.status(database, cfg, datetime.now(UTC)) if offsite.enabled(cfg) else None,
     )
 
@@ -51,7 +54,7 @@ def status():
 def send_test_email():
     """Queue a test email to the clinic's mailbox."""
     email = notify.check_email(g.account["username"], current_app.config)
-    db.enqueue_email(db.get_db(), email, db.utcnow())
+    db.outbox.enqueue(db.get_db(), email, db.utcnow())
     channels.wake_senders()
     audit("test email queued")
     flash(f"A test email is on its way to {current_app.config['CLINIC_EMAIL']}. Reload this page to see it arrive.")
@@ -65,7 +68,7 @@ def send_test_message(key: str):
     row = channels.test_row(key, g.account["username"], cfg, db.utcnow())
     if row is None:
         abort(404)
-    db.enqueue_email(db.get_db(), row, db.utcnow())
+    db.outbox.enqueue(db.get_db(), row, db.utcnow())
     channels.wake_senders()
     audit(f"test {row['channel']} queued", detail=row["to_addr"])
     flash(f"A test is on its way to {row['to_addr']}. Reload this page to see it arrive.")

@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from run import Server, fetch_forms, percentile, post_open_loop, write_results  # noqa: E402
 
 import db  # noqa: E402
+import db.migrations  # noqa: E402
 
 START, END = "<!-- scale:start -->", "<!-- scale:end -->"
 FLASK = str(Path(sys.executable).with_name("flask"))
@@ -180,7 +181,7 @@ def build(path: Path, count: int, seed: int = 13) -> None:
 
 def cached_build(count: int) -> Path:
     """A pristine database of `count` leads, built once per schema and kept in the temporary folder."""
-    made_by = [m.fn for m in db.migrations._migrations] + [generated_leads]
+    made_by = [m.fn for m in db.migrations.clinic._migrations] + [generated_leads]
     schema = hashlib.sha256("".join(inspect.getsource(fn) for fn in made_by).encode()).hexdigest()[:12]
     path = Path(tempfile.gettempdir()) / f"clinic-scale-{count}-{schema}.db"
     if not path.exists():

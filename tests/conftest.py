@@ -127,15 +127,16 @@ def rows(app, sql: str, params=()) -> list[dict]:
 def add_lead(app, created: datetime | None = None, status: str | None = None, **fields) -> int:
     """Store a lead straight in the site's database, received at `created` (default: now); return its id."""
     import db
+    import db.leads
 
     lead = {"form_id": secrets.token_hex(8), "name": "Jane Doe", "phone": "", "email": "", "message": "", "is_spam": 0}
     stamp = (created or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="seconds")
     database = db.connect(app.config["DATABASE"])
     try:
         with db.write(database):
-            lead_id, _ = db.add_lead(database, {**lead, **fields}, stamp)
+            lead_id, _ = db.leads.add_lead(database, {**lead, **fields}, stamp)
         if status:
-            db.set_status(database, lead_id, status, stamp)
+            db.leads.set_status(database, lead_id, status, stamp)
     finally:
         database.close()
     return lead_id

@@ -11,6 +11,8 @@ from zoneinfo import ZoneInfo
 from conftest import add_lead, post_lead, rows
 
 import db
+import db.leads
+import db.outbox
 import notify
 
 
@@ -56,7 +58,7 @@ def test_csv_exports_what_the_filter_shows(app, owner):
     add_lead(app, name="Bob New")
     add_lead(app, name="Cy Spam", is_spam=1)
     db_conn = db.connect(app.config["DATABASE"])
-    db.set_status(db_conn, 1, "booked", db.utcnow())
+    db.leads.set_status(db_conn, 1, "booked", db.utcnow())
     db_conn.close()
 
     def names(url: str) -> list[str]:
@@ -101,9 +103,9 @@ def test_purge_deletes_old_leads_with_their_emails(app, client):
     old = add_lead(app, now - timedelta(days=400), name="Old")
     add_lead(app, now - timedelta(days=366), name="Older than a year")
     database = db.connect(app.config["DATABASE"])
-    db.add_note(database, old, "owner", "called", db.utcnow())
-    db.enqueue_email(database, {"lead_id": old, "kind": "lead", "message_id": "<x@y>", "to_addr": "a@b", "subject": "s",
-                                "body_text": "b"}, db.utcnow())  # fmt: skip
+    db.leads.add_note(database, old, "owner", "called", db.utcnow())
+    row = {"lead_id": old, "kind": "lead", "message_id": "<x@y>", "to_addr": "a@b", "subject": "s", "body_text": "b"}
+    db.outbox.enqueue(database, row, db.utcnow())
     database.close()
     mail = Path(app.config["DATA_DIR"]) / "mail"
     mail.mkdir()

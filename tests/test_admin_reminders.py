@@ -8,6 +8,8 @@ from conftest import add_lead, rows
 from conftest import drain as drain_outbox
 
 import db
+import db.leads
+import db.outbox
 import reminders
 
 LA = ZoneInfo("America/Los_Angeles")
@@ -72,7 +74,7 @@ def test_no_reminder_once_contacted_or_for_spam(app):
     contacted = add_lead(app, at(2026, 11, 23, 9), name="Called Already")
     add_lead(app, at(2026, 11, 23, 9, 1), name="Bot", is_spam=1)
     database = db.connect(app.config["DATABASE"])
-    db.set_status(database, contacted, "contacted", db.utcnow())
+    db.leads.set_status(database, contacted, "contacted", db.utcnow())
     database.close()
     drain(app, at(2026, 11, 24, 17))
     assert reminder_rows(app) == []
@@ -117,9 +119,9 @@ def test_two_senders_racing_queue_one_reminder(app):
     lead_id = add_lead(app, at(2026, 11, 23, 9))
     first, second = db.connect(app.config["DATABASE"]), db.connect(app.config["DATABASE"])
     with app.app_context():
-        email = reminders.reminder_email(db.get_lead(first, lead_id), 4.0, app.config)
-    assert db.queue_reminder(first, lead_id, email, db.utcnow()) is True
-    assert db.queue_reminder(second, lead_id, email, db.utcnow()) is False
+        email = reminders.reminder_email(db.leads.get_lead(first, lead_id), 4.0, app.config)
+    assert db.outbox.queue_reminder(first, lead_id, email, db.utcnow()) is True
+    assert db.outbox.queue_reminder(second, lead_id, email, db.utcnow()) is False
     first.close()
     second.close()
     assert len(reminder_rows(app)) == 1

@@ -18,6 +18,7 @@ from test_admin_live import create_admin as create_admin_on
 from werkzeug.security import generate_password_hash
 
 import db
+import db.migrations
 from admin import auth
 from admin.devices import DEVICE_COOKIE
 from app import create_app
@@ -124,7 +125,7 @@ def test_a_new_password_from_the_command_line_makes_every_known_browser_a_strang
 
 def test_device_cookies_from_before_the_upgrade_count_no_more_and_browsers_are_known_again_after_signing_in(settings):
     old = db.connect(str(Path(settings["DATA_DIR"]) / "leads.db"))
-    db.migrations.apply(old, stop_before=db.m011_account_device_generation.__name__)
+    db.migrations.clinic.apply(old, stop_before=db.migrations.m011_account_device_generation.__name__)
     now = datetime.now(UTC).isoformat(timespec="seconds")
     account = {"username": "owner", "password_hash": generate_password_hash(OWNER_PASSWORD)}
     old.table("accounts").insert({**account, "created_at": now, "updated_at": now})

@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import db
+import db.housekeeping
+import db.visits
 import housekeeping
 import visits
 
@@ -84,13 +86,13 @@ def test_visit_counts_older_than_the_retention_period_go_with_the_daily_purge(ap
     now = datetime(2026, 6, 30, 19, 0, tzinfo=UTC)  # noon on 30 June in the clinic's zone
     days = ["2026-05-30", "2026-05-31", "2026-06-01", "2026-06-30"]
     database = db.connect(app.config["DATABASE"])
-    db.add_visit_counts(
+    db.visits.add_visit_counts(
         database, [(day, "/", "direct", "", "", 1, 1, 0, 0) for day in days], 1000, "other", visits.BOUNDED
     )
     assert housekeeping.run_daily(database, app.config, now, "test")
     assert [r["day"] for r in database.query("SELECT day FROM visit_counts ORDER BY day")] == days[1:]
     app.config["ANALYTICS_RETENTION_DAYS"] = 0  # keeps every day
-    db.set_housekeeping_due(database, housekeeping.JOB, db.iso_utc(now))
+    db.housekeeping.set_housekeeping_due(database, housekeeping.JOB, db.iso_utc(now))
     assert housekeeping.run_daily(database, app.config, now + timedelta(days=400), "test")
     assert len(list(database.query("SELECT day FROM visit_counts"))) == 3
     database.close()

@@ -362,10 +362,10 @@ def test_the_articles_command_lists_them_and_names_a_broken_file(tmp_path, conte
 
 def test_existing_leads_came_from_home(settings):
     """The migration gives every lead stored before articles existed the home page."""
-    import db
+    import db.migrations
 
     old = db.connect(str(Path(settings["DATA_DIR"]) / "leads.db"))
-    db.migrations.apply(old, stop_before="m008_lead_landing_page")  # the database as it was before articles
+    db.migrations.clinic.apply(old, stop_before="m008_lead_landing_page")  # the database as it was before articles
     old.table("leads").insert({"form_id": "f1", "created_at": "x", "updated_at": "x", "name": "Old", "status": "new"})
     old.close()
     app = create_app(settings)

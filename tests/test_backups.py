@@ -17,6 +17,7 @@ import pytest
 from conftest import OWNER_PASSWORD, csrf_token, rows
 
 import db
+import db.leads
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,7 +33,9 @@ def add_leads(path: str, prefix: str, count: int) -> None:
     database = db.connect(path)
     with db.write(database):
         for i in range(count):
-            db.add_lead(database, {"form_id": f"{prefix}-{i}", "name": f"{prefix} {i}", "is_spam": 0}, db.utcnow())
+            db.leads.add_lead(
+                database, {"form_id": f"{prefix}-{i}", "name": f"{prefix} {i}", "is_spam": 0}, db.utcnow()
+            )
     database.close()
 
 
@@ -63,7 +66,9 @@ def test_backup_while_eight_threads_write_holds_every_lead_committed_before_it(a
         while not stop.is_set():
             try:
                 with db.write(database):
-                    db.add_lead(database, {"form_id": f"t{n}-{i}", "name": f"t{n}-{i}", "is_spam": 0}, db.utcnow())
+                    db.leads.add_lead(
+                        database, {"form_id": f"t{n}-{i}", "name": f"t{n}-{i}", "is_spam": 0}, db.utcnow()
+                    )
             except sqlite3.OperationalError:  # a write that outwaited the busy timeout (a visitor sees the 503
                 continue  # page): nothing was committed, so nothing is expected
             committed.append(f"t{n}-{i}")  # only once the commit returned

@@ -23,6 +23,7 @@ from standardwebhooks import Webhook
 import channels
 import config
 import db
+import db.migrations
 from app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -564,7 +565,7 @@ def test_a_failing_ntfy_alert_keeps_its_topic_off_the_status_and_lead_pages(sett
 
 def test_ntfy_topics_stored_in_full_before_the_upgrade_are_masked_by_it(settings):
     old = db.connect(str(Path(settings["DATA_DIR"]) / "leads.db"))
-    db.migrations.apply(old, stop_before=db.m012_mask_stored_ntfy_topics.__name__)
+    db.migrations.clinic.apply(old, stop_before=db.migrations.m012_mask_stored_ntfy_topics.__name__)
     now = db.utcnow()
     lead = {"form_id": "f1", "created_at": now, "updated_at": now, "name": "Old", "status": "new"}
     lead_id = old.table("leads").insert(lead).last_pk

@@ -17,6 +17,10 @@ from conftest import Inbox, drain, form_fields, free_port, post_lead, rows, vali
 from test_backups import flask
 
 import db
+import db.accounts
+import db.leads
+import db.migrations
+import db.outbox
 import notify
 from app import create_app
 
@@ -151,11 +155,11 @@ def test_backup_keep_days_from_the_environment_sets_how_many_days_stay(app):
 def test_purge_also_removes_old_audit_lines_and_finished_emails(app):
     database = db.connect(app.config["DATABASE"])
     old = db.iso_utc(datetime.now(UTC) - timedelta(days=400))
-    db.audit(database, "owner", "signed in", old)
-    db.audit(database, "owner", "signed in", db.utcnow())
+    db.accounts.audit(database, "owner", "signed in", old)
+    db.accounts.audit(database, "owner", "signed in", db.utcnow())
     email = {"lead_id": None, "kind": "test", "to_addr": "a@b", "subject": "s", "body_text": "b"}
     for status in ("sent", "failed", "resent", "pending"):
-        outbox_id = db.enqueue_email(database, {**email, "message_id": f"<{status}@x>"}, old)
+        outbox_id = db.outbox.enqueue(database, {**email, "message_id": f"<{status}@x>"}, old)
         database.execute("UPDATE outbox SET status = ? WHERE id = ?", [status, outbox_id])
         database.conn.commit()
     database.close()
@@ -245,20 +249,20 @@ def flask_env(data_dir) -> dict:
 def test_migration_gives_an_existing_database_cascading_deletes(tmp_path):
     path = str(tmp_path / "leads.db")
     database = db.connect(path)
-    db.migrations.apply(database, stop_before=db.m003_lead_data_goes_with_its_lead.__name__)
+    db.migrations.clinic.apply(database, stop_before=db.migrations.m003_lead_data_goes_with_its_lead.__name__)
     with db.write(database):
-        lead_id, _ = db.add_lead(database, {"form_id": "f", "name": "Before", "is_spam": 0}, db.utcnow())
+        lead_id, _ = db.leads.add_lead(database, {"form_id": "f", "name": "Before", "is_spam": 0}, db.utcnow())
         email = {"lead_id": lead_id, "kind": "lead", "to_addr": "a@b", "subject": "s", "body_text": "b"}
-        outbox_id = db.enqueue_email(database, {**email, "message_id": "<1@x>"}, db.utcnow())
-        db._record_attempt(database, outbox_id, db.utcnow(), None, 1)
-        db.enqueue_email(database, {**email, "lead_id": 99, "message_id": "<orphan@x>"}, db.utcnow())
+        outbox_id = db.outbox.enqueue(database, {**email, "message_id": "<1@x>"}, db.utcnow())
+        db.outbox._record_attempt(database, outbox_id, db.utcnow(), None, 1)
+        db.outbox.enqueue(database, {**email, "lead_id": 99, "message_id": "<orphan@x>"}, db.utcnow())
         database.table("notes").insert({"lead_id": lead_id, "at": db.utcnow(), "author": "o", "body": "n"})
     database.close()
     db.migrate(path)
     config = {"DATABASE": path}
     assert [r["message_id"] for r in rows_of(config, "SELECT message_id FROM outbox")] == ["<1@x>"]
     database = db.connect(path)
-    assert db.delete_lead(database, lead_id) == ["<1@x>"]
+    assert db.leads.delete_lead(database, lead_id) == ["<1@x>"]
     database.close()
     for table in ("leads", "outbox", "email_attempts", "notes"):
         assert rows_of(config, f"SELECT * FROM {table}") == []
@@ -289,7 +293,7 @@ def test_a_lead_deleted_while_its_email_is_sent_leaves_nothing_behind(settings, 
         sender.start()
         assert inbox.receiving.wait(10)
         database = db.connect(app.config["DATABASE"])
-        assert db.delete_lead(database, 1)  # the owner deletes it meanwhile
+        assert db.leads.delete_lead(database, 1)  # the owner deletes it meanwhile
         database.close()
         inbox.release.set()
         sender.join(20)
@@ -307,7 +311,7 @@ def test_a_lead_deleted_while_its_email_file_is_written_leaves_no_file(app, clie
     def write_then_owner_deletes(message, config):
         where = write_eml(message, config)
         database = db.connect(config["DATABASE"])
-        db.delete_lead(database, 1)  # the owner deletes the lead the moment its file is written
+        db.leads.delete_lead(database, 1)  # the owner deletes the lead the moment its file is written
         database.close()
         return where
 

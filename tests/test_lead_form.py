@@ -203,12 +203,12 @@ def test_oversized_body_is_refused_with_413(client):
 
 
 def test_unwritable_database_gets_a_503_asking_to_call(app, client, monkeypatch):
-    import db
+    import db.leads
 
     def broken(*args, **kwargs):
         raise sqlite3.OperationalError("attempt to write a readonly database")
 
-    monkeypatch.setattr(db, "add_lead", broken)
+    monkeypatch.setattr(db.leads, "add_lead", broken)
     response = post_lead(client)
     assert response.status_code == 503
     assert "Please call us" in response.get_data(as_text=True)

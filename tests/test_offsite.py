@@ -19,6 +19,8 @@ from test_housekeeping import post_without_following, wait_until
 
 import config
 import db
+import db.housekeeping
+import db.leads
 import offsite
 import readiness
 from app import create_app
@@ -216,18 +218,18 @@ def test_a_change_is_sent_after_the_delay_and_a_quiet_site_sends_nothing(offsite
     assert not offsite.run_due(database, cfg, now + timedelta(hours=1), "test")  # nothing changed
     lead_id = add_lead(offsite_app, name="New Visitor")
     later = datetime.now(UTC)
-    assert db.offsite_changed_at(database) is not None
+    assert db.housekeeping.offsite_changed_at(database) is not None
     assert not offsite.run_due(database, cfg, later - timedelta(seconds=5), "test")  # before the delay
     assert offsite.run_due(database, cfg, later + timedelta(seconds=2), "test")
-    assert db.offsite_changed_at(database) is None
+    assert db.housekeeping.offsite_changed_at(database) is None
     assert len(offsite.snapshots(cfg)) == 2
     for change in (
-        lambda: db.set_status(database, lead_id, "contacted", db.utcnow()),
-        lambda: db.add_note(database, lead_id, "owner", "Called back", db.utcnow()),
-        lambda: db.delete_lead(database, lead_id),
+        lambda: db.leads.set_status(database, lead_id, "contacted", db.utcnow()),
+        lambda: db.leads.add_note(database, lead_id, "owner", "Called back", db.utcnow()),
+        lambda: db.leads.delete_lead(database, lead_id),
     ):
         change()
-        assert db.offsite_changed_at(database) is not None
+        assert db.housekeeping.offsite_changed_at(database) is not None
         assert offsite.run_due(database, cfg, datetime.now(UTC) + timedelta(seconds=2), "test")
     assert len(offsite.snapshots(cfg)) == 5
     assert not offsite.run_due(database, cfg, datetime.now(UTC) + timedelta(hours=23), "test")
@@ -340,9 +342,9 @@ def leads_notes_and_statuses(server, count: int, database_path: str) -> None:
     database = db.connect(database_path)
     ids = [row["id"] for row in database.query("SELECT id FROM leads ORDER BY id")]
     for lead_id in ids[::3]:
-        db.set_status(database, lead_id, "contacted", db.utcnow())
-        db.add_note(database, lead_id, "owner", f"Called back about {lead_id}", db.utcnow())
-    db.delete_lead(database, ids[1])
+        db.leads.set_status(database, lead_id, "contacted", db.utcnow())
+        db.leads.add_note(database, lead_id, "owner", f"Called back about {lead_id}", db.utcnow())
+    db.leads.delete_lead(database, ids[1])
     database.close()
 
 
@@ -387,7 +389,7 @@ def test_loss_drill_killed_5_s_after_a_lead_loses_only_the_last_delay(serve, rep
     changed = db.connect(database_path)
     wait_until(
         lambda: (
-            db.offsite_changed_at(changed) is None
+            db.housekeeping.offsite_changed_at(changed) is None
             and len([entry for entry in offsite_log(database_path) if entry["ok"]]) > uploaded
         ),
         timeout=60,
@@ -414,7 +416,7 @@ def test_the_daily_prune_keeps_hourly_then_daily_snapshots_and_nothing_older(off
     lead_id = None
     for name, age in ages.items():
         if lead_id:
-            db.delete_lead(db.connect(cfg["DATABASE"]), lead_id)
+            db.leads.delete_lead(db.connect(cfg["DATABASE"]), lead_id)
         lead_id = add_lead(offsite_app, name=f"Visitor {name}")
         stamp = f"{(now - age).astimezone():%Y-%m-%d %H:%M:%S}"  # restic reads it in local time
         copy_database(cfg["DATABASE"], tmp_path / f"{name}.db")
@@ -450,7 +452,9 @@ def test_status_page_inbox_banner_and_privacy_page(settings, repository, client)
     database = db.connect(app.config["DATABASE"])
     two_days_ago = db.iso_utc(datetime.now(UTC) - timedelta(days=2))
     entry = {"job": "offsite", "started_at": two_days_ago, "finished_at": two_days_ago, "actor": "housekeeping"}
-    db.log_housekeeping(database, {**entry, "ok": 1, "snapshot": "0123456789abcdef", "leads": 3, "size_bytes": 65536})
+    db.housekeeping.log_housekeeping(
+        database, {**entry, "ok": 1, "snapshot": "0123456789abcdef", "leads": 3, "size_bytes": 65536}
+    )
     repository.stop()
     assert offsite.run_due(database, app.config, datetime.now(UTC), "test")
     database.close()

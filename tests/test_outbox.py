@@ -9,6 +9,7 @@ import pytest
 from conftest import add_lead, drain, free_port, post_lead, rows
 
 import db
+import db.outbox
 import notify
 from app import create_app, start_background, stop_background
 from forms import MESSAGE_MAX
@@ -82,7 +83,7 @@ def test_control_characters_cannot_inject_headers(mail_app, smtp, sep):
     with mail_app.test_request_context():
         row = notify.lead_email(lead, mail_app.config)
         with db.connect(mail_app.config["DATABASE"]) as database:
-            db.enqueue_email(database, row, now)
+            db.outbox.enqueue(database, row, now)
     drain(mail_app)
     [envelope] = smtp.envelopes
     assert envelope.rcpt_tos == ["owner@clinic.example"]
@@ -256,7 +257,7 @@ def test_an_email_claimed_by_a_dead_sender_is_sent_later(mail_app, smtp):
     post_lead(mail_app.test_client())
     now = datetime.now(UTC)
     with db.connect(mail_app.config["DATABASE"]) as database:
-        claimed = db.claim_due_emails(database, now.isoformat(), (now - timedelta(minutes=2)).isoformat())
+        claimed = db.outbox.claim_due_rows(database, now.isoformat(), (now - timedelta(minutes=2)).isoformat())
     assert len(claimed) == 1  # ...and the process holding it dies here
     assert drain(mail_app) == 0
     assert drain(mail_app, now=now + timedelta(minutes=3)) == 1

@@ -7,6 +7,9 @@ import pytest
 from conftest import csrf_token, rows
 
 import db
+import db.leads
+import db.migrations
+import db.search
 from app import create_app
 
 
@@ -16,7 +19,7 @@ def add_leads(path: str, *leads: dict) -> None:
     for i, lead in enumerate(leads):
         row = {"form_id": f"f{i}", "phone": "", "email": "", "message": "", "is_spam": 0, **lead}
         with db.write(database):
-            db.add_lead(database, row, f"2026-01-01T10:{i:02d}:00+00:00")
+            db.leads.add_lead(database, row, f"2026-01-01T10:{i:02d}:00+00:00")
     database.close()
 
 
@@ -125,10 +128,10 @@ def test_search_keeps_in_step_after_a_status_change_a_note_an_edit_and_a_delete(
 def test_status_counts_keep_in_step(app, inbox):
     def counts() -> dict:
         with db.connect(app.config["DATABASE"]) as database:
-            return db.count_by_status(database)
+            return db.search.count_by_status(database)
 
     def counted() -> dict:
-        found = dict.fromkeys(db.LEAD_STATUSES, 0)
+        found = dict.fromkeys(db.leads.LEAD_STATUSES, 0)
         stored = rows(app, "SELECT status, count(*) AS n FROM leads GROUP BY status")
         found.update({r["status"]: r["n"] for r in stored})
         return found
@@ -145,7 +148,7 @@ def test_status_counts_keep_in_step(app, inbox):
 def test_migration_builds_the_index_for_a_database_made_before_it(settings, tmp_path):
     path = str(tmp_path / "leads.db")
     old = db.connect(path)
-    db.migrations.apply(old, stop_before=["m004_leads_fts", "m005_inbox_counts"])
+    db.migrations.clinic.apply(old, stop_before=["m004_leads_fts", "m005_inbox_counts"])
     assert "leads_fts" not in old.table_names()
     old.close()
     add_leads(path, *LEADS)
@@ -153,11 +156,11 @@ def test_migration_builds_the_index_for_a_database_made_before_it(settings, tmp_
     app = create_app(settings)  # applies the new migrations at start-up
     assert app.config["DATABASE"] == path
     with db.connect(path) as database:
-        assert [r["name"] for r in db.search_leads(database, q="migr")] == ["Jane Roe"]
-        assert [r["name"] for r in db.search_leads(database, q="949510")] == ["Jane Roe"]
-        assert [r["name"] for r in db.search_leads(database, status="spam", q="migr")] == ["Spam Bot"]
-        assert db.count_by_status(database)["new"] == 4
-        assert db.count_by_status(database, q="example")["new"] == 3
+        assert [r["name"] for r in db.search.search_leads(database, q="migr")] == ["Jane Roe"]
+        assert [r["name"] for r in db.search.search_leads(database, q="949510")] == ["Jane Roe"]
+        assert [r["name"] for r in db.search.search_leads(database, status="spam", q="migr")] == ["Spam Bot"]
+        assert db.search.count_by_status(database)["new"] == 4
+        assert db.search.count_by_status(database, q="example")["new"] == 3
 
 
 def plans(database, call) -> list[str]:
@@ -175,18 +178,18 @@ def plans(database, call) -> list[str]:
 @pytest.mark.parametrize(
     "call",
     [
-        lambda d: db.count_by_status(d).items(),
-        lambda d: db.count_by_status(d, since="2026-01-01", until="2026-02-01").items(),
-        lambda d: db.count_by_status(d, q="migraine", since="2026-01-01").items(),
-        lambda d: db.search_leads(d, limit=25),
-        lambda d: db.search_leads(d, "booked", limit=25),
-        lambda d: db.search_leads(d, since="2026-01-01", until="2026-02-01", limit=25),
-        lambda d: db.search_leads(d, "new", since="2026-01-01", limit=25),
-        lambda d: db.search_leads(d, q="migraine", limit=25),
-        lambda d: db.search_leads(d, "spam", q="migraine", since="2026-01-01", limit=25),
-        lambda d: db.iter_leads_for_export(d, q="migraine"),
-        lambda d: db.leads_per_period(d, ["2026-01-01", "2026-01-02", "2026-01-03"]),
-        lambda d: db.lead_sources_since(d, "2026-01-01").items(),
+        lambda d: db.search.count_by_status(d).items(),
+        lambda d: db.search.count_by_status(d, since="2026-01-01", until="2026-02-01").items(),
+        lambda d: db.search.count_by_status(d, q="migraine", since="2026-01-01").items(),
+        lambda d: db.search.search_leads(d, limit=25),
+        lambda d: db.search.search_leads(d, "booked", limit=25),
+        lambda d: db.search.search_leads(d, since="2026-01-01", until="2026-02-01", limit=25),
+        lambda d: db.search.search_leads(d, "new", since="2026-01-01", limit=25),
+        lambda d: db.search.search_leads(d, q="migraine", limit=25),
+        lambda d: db.search.search_leads(d, "spam", q="migraine", since="2026-01-01", limit=25),
+        lambda d: db.search.iter_leads_for_export(d, q="migraine"),
+        lambda d: db.search.leads_per_period(d, ["2026-01-01", "2026-01-02", "2026-01-03"]),
+        lambda d: db.search.lead_sources_since(d, "2026-01-01").items(),
     ],
 )
 def test_inbox_queries_read_through_indexes_not_every_lead(app, call):
@@ -201,11 +204,11 @@ def test_inbox_queries_read_through_indexes_not_every_lead(app, call):
 
 
 def test_fts_query_quotes_every_word():
-    assert db.fts_query('jane "OR" -pain* NEAR(') == '"jane"* AND """OR"""* AND "-pain*"* AND "NEAR("*'
-    assert db.fts_query("") == db.fts_query(' " * - ( ') == ""
-    assert db.fts_query("949-510") == '("949-510"*) OR phone : "949510"*'
+    assert db.search.fts_query('jane "OR" -pain* NEAR(') == '"jane"* AND """OR"""* AND "-pain*"* AND "NEAR("*'
+    assert db.search.fts_query("") == db.search.fts_query(' " * - ( ') == ""
+    assert db.search.fts_query("949-510") == '("949-510"*) OR phone : "949510"*'
     with sqlite3.connect(":memory:") as conn:
         conn.execute("CREATE VIRTUAL TABLE t USING fts5(name, phone)")
         for q in ['"', "a AND", "OR OR", "NEAR(a b, 2)", "x:y", "(a", "a)", "^a", "a*b", "*", "-a", "a - b", "'"]:
-            if db.fts_query(q):
-                conn.execute("SELECT * FROM t WHERE t MATCH ?", [db.fts_query(q)]).fetchall()
+            if db.search.fts_query(q):
+                conn.execute("SELECT * FROM t WHERE t MATCH ?", [db.search.fts_query(q)]).fetchall()
