@@ -19,6 +19,7 @@ from flask import (
     session,
     url_for,
 )
+from flask_babel import lazy_gettext as _l
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import is_running_from_reloader
@@ -33,6 +34,7 @@ import db
 import db.leads
 import db.outbox
 import housekeeping
+import languages
 import notify
 import offsite
 import readiness
@@ -54,6 +56,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     articles.init_app(app)
     db.init_app(app)
+    languages.init_app(app)
     csrf.init_app(app)
     mail.init_app(app)
     limiter.init_app(app)
@@ -125,22 +128,42 @@ def register_templates(app: Flask) -> None:
     zone = ZoneInfo(cfg["CLINIC_TIMEZONE"])
     app.jinja_env.add_extension("jinja2.ext.do")
     app.jinja_env.trim_blocks = app.jinja_env.lstrip_blocks = True
+    clinic = {
+        "name": cfg["CLINIC_NAME"],
+        "phone": cfg["CLINIC_PHONE"],
+        "phone_display": cfg["CLINIC_PHONE_DISPLAY"],
+        "town": cfg["CLINIC_TOWN"],
+        "address": cfg["CLINIC_ADDRESS"],
+        "reply_promise": cfg["CLINIC_REPLY_PROMISE"],
+        "retention_days": cfg["LEAD_RETENTION_DAYS"],
+        "site_url": cfg["SITE_URL"],
+    }
+    app.extensions["clinic_by_language"] = {
+        "en": clinic,
+        "es": {**clinic, "reply_promise": cfg["CLINIC_REPLY_PROMISE_ES"]},
+    }
     app.jinja_env.globals.update(
-        clinic={
-            "name": cfg["CLINIC_NAME"],
-            "phone": cfg["CLINIC_PHONE"],
-            "phone_display": cfg["CLINIC_PHONE_DISPLAY"],
-            "town": cfg["CLINIC_TOWN"],
-            "address": cfg["CLINIC_ADDRESS"],
-            "reply_promise": cfg["CLINIC_REPLY_PROMISE"],
-            "retention_days": cfg["LEAD_RETENTION_DAYS"],
-            "site_url": cfg["SITE_URL"],
-        },
+        clinic=clinic,
         articles=app.extensions["articles"],
         article=app.extensions["articles"][0],
         static_url=static_url,
     )
+    app.context_processor(page_language)
     app.jinja_env.filters["clinic_time"] = lambda iso: format_local(iso, zone)
+
+
+def page_language() -> dict:
+    """The page's language, its home article, the header's switch and hreflang alternates (a view may pass its own)."""
+    lang = languages.current()
+    args = request.args if request.query_string else {}
+    return {
+        "lang": lang,
+        "clinic": current_app.extensions["clinic_by_language"][lang],
+        "article": articles.home(lang) or articles.home(),
+        "alternates": {},
+        "home_paths": {other: article["path"] for other in languages.NAMES if (article := articles.home(other))},
+        "switch_query": languages.switch_query(args),
+    }
 
 
 def static_url(filename: str) -> str:
@@ -158,16 +181,25 @@ def format_local(iso: str | None, zone: ZoneInfo) -> str:
 
 
 ERRORS = {
-    400: ("Something went wrong with that request", "Please go back, reload the page and try again."),
-    403: ("That page is not open to you", "If you think it should be, please call us."),
-    404: ("We could not find that page", "It may have moved. The article and the booking form are on our home page."),
-    405: ("That did not work", "Please use the form on our home page."),
-    413: ("That was too much to send", "Please shorten your message and try again, or simply call us."),
-    429: ("Too many tries in a short time", "Please wait a minute and try again, or call us: we are happy to help."),
-    500: ("Sorry, something went wrong on our side", "Your details may not have reached us. Please call us instead."),
+    400: (_l("Something went wrong with that request"), _l("Please go back, reload the page and try again.")),
+    403: (_l("That page is not open to you"), _l("If you think it should be, please call us.")),
+    404: (
+        _l("We could not find that page"),
+        _l("It may have moved. The article and the booking form are on our home page."),
+    ),
+    405: (_l("That did not work"), _l("Please use the form on our home page.")),
+    413: (_l("That was too much to send"), _l("Please shorten your message and try again, or simply call us.")),
+    429: (
+        _l("Too many tries in a short time"),
+        _l("Please wait a minute and try again, or call us: we are happy to help."),
+    ),
+    500: (
+        _l("Sorry, something went wrong on our side"),
+        _l("Your details may not have reached us. Please call us instead."),
+    ),
     503: (
-        "We cannot take requests online right now",
-        "Your details were not saved. Please call us and we will book you in.",
+        _l("We cannot take requests online right now"),
+        _l("Your details were not saved. Please call us and we will book you in."),
     ),
 }
 
@@ -198,31 +230,39 @@ def register_error_pages(app: Flask) -> None:
 def landing_page(article: dict) -> str:
     """An article with the appointment form at its end, as a new visitor sees it."""
     args = request.args if request.query_string else {}
-    return serving.render_form_page("landing.html", LeadForm, visit_fields(args, request.referrer), article=article)
+    values = visit_fields(args, request.referrer)
+    return serving.render_form_page("landing.html", LeadForm, values, article=article, alternates=article["versions"])
 
 
-@bp.get("/")
-def landing():
-    """The home article with the appointment form at its end."""
-    return landing_page(articles.home())
-
-
-@bp.get("/articles/<slug>")
-def article_page(slug: str):
-    """Any article with the appointment form at its end; the home article lives at /."""
-    article = articles.by_slug(slug)
+# Each public page has a rule per language, the English one first: url_for() without `lang` gives English.
+@bp.get("/es/", defaults={"lang": "es"})
+@bp.get("/", defaults={"lang": "en"})
+def landing(lang: str):
+    """The home article (in Spanish at /es/) with the appointment form at its end."""
+    article = articles.home(lang)
     if article is None:
         abort(404)
-    if article["home"]:
-        query = request.query_string.decode("latin-1")
-        return redirect(url_for(".landing") + (f"?{query}" if query else ""), 301)
     return landing_page(article)
 
 
-@bp.get("/contact")
-def contact_page():
+@bp.get("/es/articles/<slug>", defaults={"lang": "es"})
+@bp.get("/articles/<slug>", defaults={"lang": "en"})
+def article_page(slug: str, lang: str):
+    """Any article in the address's language with the appointment form; the home article lives at / (/es/)."""
+    article = articles.by_slug(slug, lang)
+    if article is None:
+        abort(404)
+    if article["path"] == languages.prefixed(lang, "/"):
+        query = request.query_string.decode("latin-1")
+        return redirect(url_for(".landing", lang=lang) + (f"?{query}" if query else ""), 301)
+    return landing_page(article)
+
+
+@bp.get("/es/contact", defaults={"lang": "es"})
+@bp.get("/contact", defaults={"lang": "en"})
+def contact_page(lang: str):
     """The form lives on the landing page."""
-    return redirect(url_for(".landing", _anchor="book"))
+    return redirect(url_for(".landing", lang=lang, _anchor="book"))
 
 
 def spam_reasons(form: LeadForm, shown_at: float | None) -> list[str]:
@@ -255,11 +295,12 @@ def sent_from(field: str | None, referrer: str | None) -> str | None:
     return None
 
 
-@bp.post("/contact")
+@bp.post("/es/contact", defaults={"lang": "es"})
+@bp.post("/contact", defaults={"lang": "en"})
 @limiter.limit(lambda: current_app.config["CONTACT_RATE_LIMIT"])
 @csrf.exempt  # LeadForm checks the token itself, so a stale one re-renders the form
-def contact():
-    """Store a request and queue the clinic's email, then send the visitor to /thanks."""
+def contact(lang: str):
+    """Store a request and queue the clinic's email, then send the visitor to /thanks (/es/thanks)."""
     serving.keep_private()  # the answer shows, or carries in its cookie, what the visitor typed
     form = LeadForm()
     token = read_form_token(form.form_token.data)
@@ -268,8 +309,18 @@ def contact():
         if token is None:
             form.form_token.data = new_form_token()
         status = 400 if form.csrf_failed else 422
-        article = articles.by_path(landing_path) or articles.home()
-        return render_template("landing.html", form=form, stale=form.csrf_failed, article=article), status
+        article = articles.by_path(landing_path)
+        if article is None or article["lang"] != lang:
+            article = articles.home(lang) or articles.home()
+        page = render_template(
+            "landing.html",
+            form=form,
+            stale=form.csrf_failed,
+            article=article,
+            alternates=article["versions"],
+            switch_query=languages.switch_query(form.data),
+        )
+        return page, status
     reasons = spam_reasons(form, token[1] if token else None)
     lead = {
         "form_id": token[0] if token else new_form_token(),
@@ -286,6 +337,7 @@ def contact():
         "referrer": form.referrer.data,
         "landing_page": landing_path,
         "user_agent": request.user_agent.string[:300],
+        "language": lang,
     }
     now = db.utcnow()
     database = db.get_db()
@@ -306,11 +358,12 @@ def contact():
     session["thanks_name"] = form.name.data
     if current_app.config["BOOKING_URL"]:
         session["thanks_booking"] = confirmation.booking_token(lead_id, current_app.config["SECRET_KEY"])
-    return redirect(url_for(".thanks"), 303)
+    return redirect(url_for(".thanks", lang=lang), 303)
 
 
-@bp.get("/thanks")
-def thanks():
+@bp.get("/es/thanks", defaults={"lang": "es"})
+@bp.get("/thanks", defaults={"lang": "en"})
+def thanks(lang: str):
     """Thank the visitor by name, once (the name leaves their cookie), say what happens next, offer to book."""
     serving.keep_private()
     token = session.pop("thanks_booking", None)
@@ -337,10 +390,12 @@ def book(token: str | None):
     return redirect(confirmation.booking_link(cfg["BOOKING_URL"], lead or {}), 303)
 
 
-@bp.get("/privacy")
-def privacy():
+@bp.get("/es/privacy", defaults={"lang": "es"})
+@bp.get("/privacy", defaults={"lang": "en"})
+def privacy(lang: str):
     """What the form collects, why, who sees it, how long it is kept, how to have it deleted."""
-    return render_template("privacy.html")
+    alternates = {other: url_for(".privacy", lang=other) for other in languages.NAMES}
+    return render_template("privacy.html", alternates=alternates)
 
 
 @bp.get("/robots.txt")

@@ -2,7 +2,9 @@
 
 Each file is one landing page. Its front matter gives `title`, `description`, `slug`, `published`
 and optionally `updated`, `image` and `home: true` (the one article served at `/`); the others are
-served at `/articles/<slug>`. The text may name the clinic's settings as `{{ clinic.name }}`,
+served at `/articles/<slug>`. `lang: es` makes a Spanish article (English when absent), served at
+`/es/articles/<slug>`; `translation_of: <slug>` names the English article it translates, and the
+translation of the home article is served at `/es/`. The text may name the clinic's settings as `{{ clinic.name }}`,
 `{{ clinic.phone }}`, `{{ clinic.phone_display }}`, `{{ clinic.town }}` or `{{ clinic.address }}`.
 Raw HTML in the Markdown is shown as text, never passed to the page.
 """
@@ -21,9 +23,10 @@ from markdown_it import MarkdownIt
 from markupsafe import Markup
 
 import config
+import languages
 
 REQUIRED = ("title", "description", "slug", "published")
-OPTIONAL = ("updated", "image", "home")
+OPTIONAL = ("updated", "image", "home", "lang", "translation_of")
 SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 PLACEHOLDER = re.compile(r"\{\{\s*clinic\.(\w+)\s*\}\}")
 CLINIC_FIELDS = ("name", "phone", "phone_display", "town", "address")
@@ -85,7 +88,7 @@ def read_front_matter(path: Path) -> tuple[dict, str]:
     for key in REQUIRED:
         if meta.get(key) in (None, ""):
             raise ContentError(f"{path}: missing {key}")
-    for key in ("title", "description", "slug", "image"):
+    for key in ("title", "description", "slug", "image", "lang", "translation_of"):
         if key in meta and not isinstance(meta[key], str):
             raise ContentError(f"{path}: {key} must be text, not {meta[key]!r}")
     return meta, post.content
@@ -109,6 +112,16 @@ def read(path: Path, clinic: dict[str, str], static_folder: Path) -> dict:
             raise ContentError(f"{path}: image {image!r}: no such file in {static_folder}")
     if meta.get("home", False) not in (True, False):
         raise ContentError(f"{path}: home must be true or false, not {meta['home']!r}")
+    lang = meta.get("lang", languages.DEFAULT).strip()
+    if lang not in languages.NAMES:
+        raise ContentError(f"{path}: lang {lang!r}: unknown language (known: {', '.join(languages.NAMES)})")
+    translation_of = (meta.get("translation_of") or "").strip() or None
+    if translation_of and lang == languages.DEFAULT:
+        raise ContentError(
+            f"{path}: translation_of needs a `lang:` other than {languages.DEFAULT}: it names the English article"
+        )
+    if meta.get("home") and lang != languages.DEFAULT:
+        raise ContentError(f"{path}: home: the translation of the home article (translation_of) is served at /{lang}/")
     published = as_date(meta["published"], "published", path)
     updated = as_date(meta["updated"], "updated", path) if meta.get("updated") else None
     if updated and updated < published:
@@ -123,6 +136,8 @@ def read(path: Path, clinic: dict[str, str], static_folder: Path) -> dict:
     return {
         "file": str(path),
         "slug": slug,
+        "lang": lang,
+        "translation_of": translation_of,
         "title": fill_in(meta["title"].strip(), clinic, path),
         "description": fill_in(" ".join(meta["description"].split()), clinic, path),
         "published": published,
@@ -130,7 +145,7 @@ def read(path: Path, clinic: dict[str, str], static_folder: Path) -> dict:
         "modified": updated or published,
         "image": image,
         "home": home,
-        "path": "/" if home else f"/articles/{slug}",
+        "path": languages.prefixed(lang, "/" if home else f"/articles/{slug}"),
         "html": Markup(parser.renderer.render(tokens, parser.options, {}).rstrip("\n")),
     }
 
@@ -147,6 +162,7 @@ def load(folder: Path, clinic: dict[str, str], static_folder: Path) -> list[dict
                 f"{article['file']}: slug {article['slug']!r} is also the slug of {seen[article['slug']]['file']}"
             )
         seen[article["slug"]] = article
+    link_translations(found)
     homes = [article for article in found if article["home"]]
     if not homes:
         raise ContentError(f"{folder}: no article has `home: true`, so nothing would be served at /")
@@ -154,8 +170,45 @@ def load(folder: Path, clinic: dict[str, str], static_folder: Path) -> list[dict
         raise ContentError(
             f"{homes[1]['file']}: `home: true` is also set in {homes[0]['file']}: only one article is served at /"
         )
-    found.sort(key=lambda article: (not article["home"], -article["published"].toordinal(), article["title"]))
+    found.sort(
+        key=lambda a: (
+            a["lang"] != languages.DEFAULT,
+            a["path"] != languages.prefixed(a["lang"], "/"),
+            -a["published"].toordinal(),
+            a["title"],
+        )
+    )
     return found
+
+
+def link_translations(found: list[dict]) -> None:
+    """Give each article `versions` ({language: path}, itself included); the home's translation is served at /es/.
+
+    ContentError, naming the file, for a translation of an article that does not exist or a second one in a language.
+    """
+    english = {article["slug"]: article for article in found if article["lang"] == languages.DEFAULT}
+    for article in found:
+        article["versions"] = {article["lang"]: article["path"]}
+    for article in found:
+        if not article["translation_of"]:
+            continue
+        original = english.get(article["translation_of"])
+        if original is None:
+            raise ContentError(
+                f"{article['file']}: translation_of {article['translation_of']!r}: no English article has that slug"
+            )
+        if article["lang"] in original["versions"]:
+            other = next(a for a in found if a["path"] == original["versions"][article["lang"]])
+            raise ContentError(
+                f"{article['file']}: {original['slug']!r} already has a translation in {article['lang']!r}:"
+                f" {other['file']}"
+            )
+        if original["home"]:
+            article["path"] = languages.prefixed(article["lang"], "/")
+        original["versions"][article["lang"]] = article["path"]
+    for article in found:
+        if article["translation_of"]:
+            article["versions"] = english[article["translation_of"]]["versions"]
 
 
 def content_folder(settings: Mapping) -> Path:
@@ -180,26 +233,35 @@ def all_articles() -> list[dict]:
     return current_app.extensions["articles"]
 
 
-def home() -> dict:
-    """The article served at /."""
-    return all_articles()[0]
+def home(lang: str = languages.DEFAULT) -> dict | None:
+    """The article served at / (`/es/` for Spanish: the home article's translation, None if it has none)."""
+    return by_path(languages.prefixed(lang, "/"))
 
 
-def by_slug(slug: str) -> dict | None:
-    """The article with this slug, or None."""
-    return next((article for article in all_articles() if article["slug"] == slug), None)
+def by_slug(slug: str, lang: str | None = None) -> dict | None:
+    """The article with this slug (in `lang`, if given), or None."""
+    return next(
+        (article for article in all_articles() if article["slug"] == slug and lang in (None, article["lang"])), None
+    )
 
 
 def by_path(path: str | None) -> dict | None:
-    """The article served at this path (`/` or `/articles/<slug>`), or None."""
+    """The article served at this path (`/`, `/articles/<slug>`, `/es/`, `/es/articles/<slug>`), or None."""
     return next((article for article in all_articles() if article["path"] == path), None)
 
 
 @click.command("articles")
 @with_appcontext
 def articles_command() -> None:
-    """List the articles (slug, title, URL, published); start-up has already checked every file."""
+    """List the articles (slug, language, title, URL, published, translations); start-up has checked every file."""
     site = current_app.config["SITE_URL"]
     for article in all_articles():
-        click.echo(f"{article['slug']}\t{article['title']}\t{site}{article['path']}\t{article['published']}")
+        others = [
+            f"{lang}: {by_path(path)['slug']}" for lang, path in article["versions"].items() if path != article["path"]
+        ]
+        translations = f"translations: {', '.join(others)}" if others else "no translation"
+        click.echo(
+            f"{article['slug']}\t{article['lang']}\t{article['title']}\t{site}{article['path']}"
+            f"\t{article['published']}\t{translations}"
+        )
     click.echo(f"{len(all_articles())} article(s) in {content_folder(current_app.config)}, all ready to serve.")

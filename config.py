@@ -31,6 +31,7 @@ SETTINGS: dict[str, tuple[object, type]] = {
     "CLINIC_TIMEZONE": ("America/Los_Angeles", str),
     "CLINIC_EMAIL": ("frontdesk@acupuncturehalls.example", str),
     "CLINIC_REPLY_PROMISE": ("within one working day", str),
+    "CLINIC_REPLY_PROMISE_ES": ("en un plazo de un día laborable", str),
     "LEAD_RETENTION_DAYS": (365, int),
     "BACKUP_KEEP_DAYS": (14, int),
     "HOUSEKEEPING_POLL_SECONDS": (60.0, float),

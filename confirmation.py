@@ -7,6 +7,7 @@ from email.utils import make_msgid
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from flask import render_template
+from flask_babel import gettext as _
 from itsdangerous import BadSignature, URLSafeSerializer
 
 import db
@@ -62,8 +63,9 @@ def mailbox(address: str) -> str:
 
 
 def rows(database, lead: dict, config: dict, now: str) -> list[dict]:
-    """The confirmation for a new lead: only with AUTOREPLY, an email address, none sent to its mailbox within a day,
-    and fewer than AUTOREPLY_MAX_PER_HOUR sent by the site in the last hour (call in the lead's write transaction).
+    """The confirmation for a new lead, in the page's language: only with AUTOREPLY, an email address, none sent to
+    its mailbox within a day, and fewer than AUTOREPLY_MAX_PER_HOUR sent by the site in the last hour (call in the
+    lead's write transaction).
     """
     address = (lead.get("email") or "").strip().lower()
     if not config["AUTOREPLY"] or not address or lead.get("is_spam"):
@@ -90,7 +92,7 @@ def rows(database, lead: dict, config: dict, now: str) -> list[dict]:
             "message_id": make_msgid(domain="clinic-site"),
             "to_addr": notify.header_safe(address),
             "reply_to": notify.header_safe(config["CLINIC_EMAIL"]),
-            "subject": notify.header_safe(f"We have your request: {config['CLINIC_NAME']}")[:200],
+            "subject": notify.header_safe(_("We have your request: %(clinic)s", clinic=config["CLINIC_NAME"]))[:200],
             "body_text": render_template("email/confirmation.txt", **context),
             "body_html": render_template("email/confirmation.html", **context),
         }

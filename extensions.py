@@ -3,12 +3,14 @@
 import ipaddress
 
 from flask import request
+from flask_babel import Babel
 from flask_limiter import Limiter
 from flask_mail import Mail
 from flask_wtf.csrf import CSRFProtect
 
 import ratelimit  # noqa: F401  (registers the sqlite:// store with flask-limiter)
 
+babel = Babel()
 csrf = CSRFProtect()
 mail = Mail()
 

@@ -10,6 +10,8 @@ from typing import TypeVar
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from itsdangerous import BadSignature, URLSafeSerializer
 from itsdangerous.encoding import base64_encode
@@ -25,10 +27,10 @@ TokenSerializer = TypeVar("TokenSerializer", bound=URLSafeSerializerMixin)
 MESSAGE_MAX = 2000
 NOTE_MAX = 2000
 TIMES = [
-    SelectChoice("", "Any time"),
-    SelectChoice("morning", "Morning (9–12)"),
-    SelectChoice("afternoon", "Afternoon (12–5)"),
-    SelectChoice("evening", "Early evening (5–7)"),
+    SelectChoice("", _l("Any time")),
+    SelectChoice("morning", _l("Morning (9–12)")),
+    SelectChoice("afternoon", _l("Afternoon (12–5)")),
+    SelectChoice("evening", _l("Early evening (5–7)")),
 ]
 
 
@@ -94,31 +96,36 @@ class LeadForm(FlaskForm):
     """Name, how to reach the visitor, and what they would like."""
 
     name = StringField(
-        "Your name",
+        _l("Your name"),
         filters=[clean_text],
         validators=[
-            DataRequired("Please tell us your name."),
-            Length(max=100, message="Please keep your name under 100 characters."),
+            DataRequired(_l("Please tell us your name.")),
+            Length(max=100, message=_l("Please keep your name under 100 characters.")),
         ],
     )
     phone = TelField(
-        "Phone",
+        _l("Phone"),
         filters=[clean_text],
-        validators=[Length(max=40, message="That phone number is too long.")],
+        validators=[Length(max=40, message=_l("That phone number is too long."))],
     )
     email = EmailField(
-        "Email",
+        _l("Email"),
         filters=[clean_text],
-        validators=[Length(max=254, message="That email address is too long.")],
+        validators=[Length(max=254, message=_l("That email address is too long."))],
     )
-    preferred_time = SelectField("Best time to call", choices=TIMES, default="")
+    preferred_time = SelectField(_l("Best time to call"), choices=TIMES, default="")
     message = TextAreaField(
-        "How can we help? (optional)",
+        _l("How can we help? (optional)"),
         filters=[clean_text],
-        validators=[Length(max=MESSAGE_MAX, message=f"Please keep your message under {MESSAGE_MAX:,} characters.")],
+        validators=[
+            Length(
+                max=MESSAGE_MAX,
+                message=_l("Please keep your message under %(max)s characters.", max=f"{MESSAGE_MAX:,}"),
+            )
+        ],
     )
     # Hidden from people and autofill; only bots fill it in.
-    website = StringField("Leave this field empty", filters=[clean_text])
+    website = StringField(_l("Leave this field empty"), filters=[clean_text])
     form_token = HiddenField()
     utm_source = HiddenField(filters=[clip(200)])
     utm_medium = HiddenField(filters=[clip(200)])
@@ -130,7 +137,7 @@ class LeadForm(FlaskForm):
         """Refuse a name with a line break inside (no browser sends one; the email's subject carries the name)."""
         raw = field.raw_data[0] if field.raw_data else ""
         if len(raw.strip().splitlines()) > 1:
-            raise ValidationError("Please write your name on one line.")
+            raise ValidationError(_("Please write your name on one line."))
 
     def validate_phone(self, field: StringField) -> None:
         """Accept a number we can dial and store it as E.164 (+19495106333)."""
@@ -141,7 +148,7 @@ class LeadForm(FlaskForm):
         except phonenumbers.NumberParseException:
             number = None
         if number is None or not phonenumbers.is_valid_number(number):
-            raise ValidationError("Please enter a phone number we can call, like 949-510-6333.")
+            raise ValidationError(_("Please enter a phone number we can call, like 949-510-6333."))
         field.data = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
     def validate_email(self, field: StringField) -> None:
@@ -153,10 +160,12 @@ class LeadForm(FlaskForm):
         except EmailNotValidError:
             if not field.data.split("@")[0].isascii():
                 raise ValidationError(
-                    "We can only reply to addresses with plain letters (a–z) before the @. "
-                    "Please use another address or give us your phone number."
+                    _(
+                        "We can only reply to addresses with plain letters (a–z) before the @. "
+                        "Please use another address or give us your phone number."
+                    )
                 ) from None
-            raise ValidationError("Please enter an email address like name@example.com.") from None
+            raise ValidationError(_("Please enter an email address like name@example.com.")) from None
         field.data = checked.ascii_email or checked.normalized
 
     def validate(self, extra_validators=None) -> bool:
@@ -165,7 +174,7 @@ class LeadForm(FlaskForm):
         if not self.phone.data and not self.email.data and not self.phone.errors and not self.email.errors:
             self.phone.errors = [
                 *self.phone.errors,
-                "Please give a phone number or an email address so we can reach you.",
+                _("Please give a phone number or an email address so we can reach you."),
             ]
             valid = False
         return valid

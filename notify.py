@@ -64,11 +64,12 @@ def lead_email(lead: dict, config: dict) -> dict:
         "article": articles.by_path(lead.get("landing_page")),
         "site_url": config["SITE_URL"],
     }
+    spanish = " (Spanish page)" if lead.get("language") == "es" else ""
     if config["NOTIFY_DETAILS"]:
-        subject = f"New appointment request: {lead['name']}"
+        subject = f"New appointment request{spanish}: {lead['name']}"
         reply_to = lead.get("email") or None
     else:
-        subject = f"New request #{lead['id']}"
+        subject = f"New request #{lead['id']}{spanish}"
         reply_to = None
     return {
         "lead_id": lead["id"],

@@ -18,6 +18,7 @@ from werkzeug.http import dump_cookie
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.security import safe_join
 
+import languages
 import visits
 from extensions import logged_address
 from forms import uncompressed, visit_fields
@@ -231,19 +232,21 @@ def new_form(form_class, values: dict):
 
 
 def render_form_page(template: str, form_class, values: dict, **context) -> str:
-    """Render `template` with a fresh form and `context`, from a copy made once per process and path.
+    """Render `template` with a fresh form and `context`, from a copy made once per process, language and path.
 
     Everything on such a page is the same for every visitor except the form's hidden fields (the
-    CSRF and form tokens, where the visitor came from), so the page is rendered once with markers
-    in their place and each visit fills in its own values. Flashed messages and template
+    CSRF and form tokens, where the visitor came from) and the visit's UTM tags on the link to the
+    other language, so the page is rendered once with markers in their place and each visit fills
+    in its own values. Flashed messages and template
     auto-reload (debug) take the normal path.
     """
     if current_app.jinja_env.auto_reload or "_flashes" in session:
         return render_template(template, form=new_form(form_class, values), **context)
     pages = current_app.extensions.setdefault("form_pages", {})
-    page = pages.get(request.path)
+    key = (languages.current(), request.path)
+    page = pages.get(key)
     if page is None:
-        page = pages[request.path] = page_with_slots(template, new_form(form_class, values), values, **context)
+        page = pages[key] = page_with_slots(template, new_form(form_class, values), values, **context)
     csrf_names, parts = page
     return fill_page(page, values, generate_csrf() if csrf_names else "")
 
@@ -253,6 +256,7 @@ def fill_page(page: tuple[list[str], list[str]], values: dict, csrf_token: str) 
     csrf_names, parts = page
     filled = {name: escape(value) for name, value in values.items()}
     filled.update(dict.fromkeys(csrf_names, escape(csrf_token)))
+    filled["switch_query"] = escape(languages.switch_query(values))
     return "".join(filled[part] if i % 2 else part for i, part in enumerate(parts))
 
 
@@ -307,7 +311,8 @@ def first_visit_landing(app: Flask, wsgi_app):
 
     def landing(environ, start_response):
         nonlocal broken
-        page = app.extensions.get("form_pages", {}).get(environ.get("PATH_INFO"))
+        path = environ.get("PATH_INFO", "")
+        page = app.extensions.get("form_pages", {}).get((languages.of_path(path), path))
         if (
             page is None
             or broken
@@ -333,7 +338,9 @@ def first_visit_landing(app: Flask, wsgi_app):
 
 
 def page_with_slots(template: str, form, values: dict, **context) -> tuple[list[str], list[str]]:
-    """Render `template` with a marker in each varying hidden field; return the CSRF fields and the parts.
+    """Render `template` with a marker in each varying hidden field and the switch link's query; return the parts.
+
+    Also returns the CSRF fields.
 
     The parts alternate: page text, a field name, page text, ...
     """
@@ -343,7 +350,7 @@ def page_with_slots(template: str, form, values: dict, **context) -> tuple[list[
         for field in slotted:
             marker = SLOT.format(field.name)
             field._value = lambda marker=marker: marker
-        html = render_template(template, form=form, **context)
+        html = render_template(template, form=form, switch_query=SLOT.format("switch_query"), **context)
     finally:
         for field in slotted:
             del field._value

@@ -8,8 +8,10 @@ from datetime import date, datetime, time, timedelta
 
 from flask import Response, current_app, render_template, request
 
+import articles
 import db
 import db.visits
+import languages
 import visits
 from admin import bp, clinic_zone
 from admin.inbox import csv_cell, read_filters
@@ -37,8 +39,17 @@ def period(args, today: date, default_days: int | None) -> tuple[date | None, da
     return (last, first) if first > last else (first, last)
 
 
-def counts_by_row(first: date, last: date) -> dict[tuple, dict[str, int]]:
-    """Stored visit counts and the leads of the period, on the same (day, page, source, medium, campaign) keys."""
+def page_language(args) -> str:
+    """The `language` filter: `en` or `es` for that language's pages only, empty for all."""
+    language = args.get("language", "")
+    return language if language in languages.NAMES else ""
+
+
+def counts_by_row(first: date, last: date, language: str = "") -> dict[tuple, dict[str, int]]:
+    """Stored visit counts and the leads of the period, on the same (day, page, source, medium, campaign) keys.
+
+    With `language`, only the pages in that language (a page's language is its address: /es/... is Spanish).
+    """
     database = db.get_db()
     zone = clinic_zone()
     merged: dict[tuple, dict[str, int]] = {}
@@ -54,6 +65,8 @@ def counts_by_row(first: date, last: date) -> dict[tuple, dict[str, int]]:
         counts = merged.setdefault(key, dict.fromkeys(COUNTS, 0))
         counts["requests"] += 1
         counts["booked"] += lead["status"] == "booked"
+    if language:
+        return {key: counts for key, counts in merged.items() if languages.of_path(key[1]) == language}
     return merged
 
 
@@ -85,6 +98,19 @@ def by_source(merged: dict[tuple, dict[str, int]], sort: str, descending: bool) 
         label = f"{len(rest)} more sources and campaigns (in the CSV)"
         lines[LINES_SHOWN - 1 :] = [{"source": label, "campaign": "", **add_up(rest)}]
     return lines
+
+
+def by_page(merged: dict[tuple, dict[str, int]]) -> list[dict]:
+    """One line per page, with its article's title and language, the most visited first."""
+    groups: dict[str, list[dict[str, int]]] = {}
+    for (_day, page, *_source), counts in merged.items():
+        groups.setdefault(page, []).append(counts)
+    lines = []
+    for page, rows in groups.items():
+        article = articles.by_path(page)
+        title = article["title"] if article else page
+        lines.append({"page": page, "title": title, "language": languages.of_path(page), **add_up(rows)})
+    return sorted(lines, key=lambda line: (-line["visitors"], -line["page_views"], line["page"]))
 
 
 def chart(merged: dict[tuple, dict[str, int]], first: date, last: date) -> dict:
@@ -131,7 +157,8 @@ def analytics():
     sort = request.args.get("sort", "visitors")
     sort = sort if sort in SORTS else "visitors"
     descending = request.args.get("order", "desc") != "asc"
-    merged = counts_by_row(first, last)
+    language = page_language(request.args)
+    merged = counts_by_row(first, last, language)
     people = {key: counts for key, counts in merged.items() if key[2] != visits.BOTS}
     bots = add_up(counts for key, counts in merged.items() if key[2] == visits.BOTS)
     funnel = add_up(people.values())
@@ -140,10 +167,12 @@ def analytics():
         "admin/analytics.html",
         first=first,
         last=last,
-        range={"from": first.isoformat(), "to": last.isoformat()},
+        range={"from": first.isoformat(), "to": last.isoformat(), **({"language": language} if language else {})},
+        language=language,
         periods=quick_periods(today),
         funnel=funnel,
         lines=by_source(people, sort, descending),
+        pages=by_page(people),
         sort=sort,
         descending=descending,
         chart=chart(merged, first, last),
@@ -163,7 +192,7 @@ def analytics_csv():
     buffer = io.StringIO()
     writer = csv.writer(buffer)  # excel dialect, as the leads CSV
     writer.writerow(CSV_COLUMNS)
-    for key, counts in sorted(counts_by_row(first, last).items()):
+    for key, counts in sorted(counts_by_row(first, last, page_language(request.args)).items()):
         writer.writerow([csv_cell(value) for value in (*key, *(counts[name] for name in CSV_COLUMNS[5:]))])
     name = f"analytics-{datetime.now(zone):%Y-%m-%d}.csv"
     return Response(

@@ -34,6 +34,7 @@ CSV_COLUMNS = [
     ("utm_campaign", "utm_campaign"),
     ("referring page", "referrer"),
     ("landing page", "landing_page"),
+    ("language", "language"),  # last: columns are only ever added at the end, so saved spreadsheets keep working
 ]
 
 

@@ -339,3 +339,9 @@ def m015_calls_and_booking_clicks(db: Database) -> None:
     """Taps on the phone number and clicks on Book online, counted per day, page and source beside the visits."""
     db.table("visit_counts").add_column("calls", int, not_null_default=0)
     db.table("visit_counts").add_column("booking_clicks", int, not_null_default=0)
+
+
+@clinic()
+def m016_lead_language(db: Database) -> None:
+    """The language of the page each lead was sent from (`en` or `es`); every earlier lead came from an English page."""
+    db.execute("ALTER TABLE leads ADD COLUMN language TEXT NOT NULL DEFAULT 'en'")

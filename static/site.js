@@ -33,14 +33,13 @@
   var flagged = [];
   var ownSummary = false;
   var get = function (name) { return form.elements.namedItem(name); };
+  var words = form.dataset;  // the page's language: data-name-missing, data-reach-missing, data-check-one, ...
 
   // Only what the server would surely refuse; the server has the last word on everything else.
   function problems() {
     var found = [];
-    if (!get("name").value.trim()) found.push([get("name"), "Please tell us your name."]);
-    if (!get("phone").value.trim() && !get("email").value.trim()) {
-      found.push([get("phone"), "Please give a phone number or an email address so we can reach you."]);
-    }
+    if (!get("name").value.trim()) found.push([get("name"), words.nameMissing]);
+    if (!get("phone").value.trim() && !get("email").value.trim()) found.push([get("phone"), words.reachMissing]);
     return found;
   }
 
@@ -79,7 +78,7 @@
     flagged.splice(0).forEach(unmark);
     found.forEach(function (pair) { mark(pair[0], pair[1]); });
     var intro = document.createElement("p");
-    intro.textContent = "Please check the " + (found.length === 1 ? "field" : "fields") + " marked below:";
+    intro.textContent = found.length === 1 ? words.checkOne : words.checkMany;
     var list = document.createElement("ul");
     found.forEach(function (pair) {
       var link = document.createElement("a");
@@ -108,7 +107,7 @@
     }
     sending = true;
     button.setAttribute("aria-disabled", "true");
-    button.textContent = "Sending…";
+    button.textContent = words.sending;
     setTimeout(ready, 15000);
   });
 

@@ -127,6 +127,41 @@ def open_404(page, url):
     assert page.goto(url + "/no-such-page").status == 404
 
 
+def open_es_landing(page, url):
+    page.goto(url + "/es/")
+    expect(page.locator("html")).to_have_attribute("lang", "es")
+
+
+def open_es_form_checked_in_page(page, url):
+    page.goto(url + "/es/")
+    page.get_by_role("button", name="Enviar solicitud").click()
+    expect(page.locator("#name-error")).to_have_text("Por favor, díganos su nombre.")
+
+
+def open_es_form_refused_by_server(page, url):
+    page.goto(url + "/es/")
+    page.get_by_label("Su nombre").fill("María López")
+    page.get_by_label("Teléfono").fill("12345")
+    page.get_by_role("button", name="Enviar solicitud").click()
+    page.wait_for_url("**/es/contact")
+
+
+def open_es_thanks_after_sending(page, url):
+    page.goto(url + "/es/")
+    page.get_by_label("Su nombre").fill("María López")
+    page.get_by_label("Teléfono").fill("949 510 6333")
+    page.get_by_role("button", name="Enviar solicitud").click()
+    page.wait_for_url("**/es/thanks")
+
+
+def open_es_privacy(page, url):
+    page.goto(url + "/es/privacy")
+
+
+def open_es_404(page, url):
+    assert page.goto(url + "/es/no-such-page").status == 404
+
+
 POST_HERE = """() => { const form = document.createElement('form');
                         form.method = 'post'; document.body.append(form); form.submit(); }"""
 
@@ -197,6 +232,12 @@ PUBLIC = [
     open_privacy,
     open_404,
     open_405,
+    open_es_landing,
+    open_es_form_checked_in_page,
+    open_es_form_refused_by_server,
+    open_es_thanks_after_sending,
+    open_es_privacy,
+    open_es_404,
 ]
 ADMIN = [
     open_admin_login,

@@ -42,10 +42,10 @@ def test_csv_is_excel_ready_and_defuses_formulas(app, owner):
     assert body.startswith(b"\xef\xbb\xbf")
     expected = (
         "\ufeffid,received,status,name,phone,email,best time,message,"
-        "utm_source,utm_medium,utm_campaign,referring page,landing page\r\n"
+        "utm_source,utm_medium,utm_campaign,referring page,landing page,language\r\n"
         '1,2026-11-03 09:05,New,"\'=HYPERLINK(""http://evil.example"",""click"")",\'+19495106333,'
         '\'@evil.example,\'-2+3,"Line one, with ""quotes""\r\nline two",\'\tsheet,"\'\rsneaky",naïve café,'
-        "https://example.com/a?b=1,/\r\n"
+        "https://example.com/a?b=1,/,en\r\n"
     )
     assert body.decode("utf-8") == expected
     [parsed] = list(csv.DictReader(io.StringIO(body.decode("utf-8-sig"), newline="")))

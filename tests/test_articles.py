@@ -160,7 +160,11 @@ def test_a_second_article_is_a_landing_page_of_its_own(site):
 def test_the_sitemap_lists_every_article_with_its_last_change(site):
     sitemap = site.test_client().get("/sitemap.xml").get_data(as_text=True)
     entries = dict(re.findall(r"<loc>([^<]+)</loc><lastmod>([^<]+)</lastmod>", sitemap))
-    assert entries == {"https://clinic.example/": "2026-11-24", "https://clinic.example" + SLEEP: "2026-12-08"}
+    assert entries == {
+        "https://clinic.example/": "2026-11-24",
+        "https://clinic.example/es/": "2026-11-24",
+        "https://clinic.example" + SLEEP: "2026-12-08",
+    }
 
 
 def test_the_home_articles_own_address_leads_home_and_an_unknown_slug_gets_the_404_page(site):
@@ -178,12 +182,13 @@ def test_the_first_visit_fast_path_and_the_page_cache_serve_every_article(site):
     dispatched = []
     site.before_request(lambda: dispatched.append(__import__("flask").request.path))
     full = site.test_client().get(SLEEP).get_data(as_text=True)  # the process's first visit caches the page
-    assert SLEEP in site.extensions["form_pages"]
+    assert ("en", SLEEP) in site.extensions["form_pages"]
     visitor = site.test_client()
     fast = visitor.get(SLEEP + "?utm_source=newsletter")
     assert dispatched == [SLEEP]  # the second visit never reached Flask
-    masked = re.compile(r'(name="(csrf_token|form_token|utm_source)" type="hidden" value=")[^"]*')
+    masked = re.compile(r'(name="(csrf_token|form_token|utm_source)" type="hidden" value="|href="/es/)[^"]*')
     assert masked.sub(r"\1", fast.get_data(as_text=True)) == masked.sub(r"\1", full)
+    assert 'href="/es/?utm_source=newsletter" hreflang="es"' in fast.get_data(as_text=True)  # the language switch
     fields = form_fields(fast.get_data(as_text=True))
     assert (fields["utm_source"], fields["landing_page"]) == ("newsletter", SLEEP)
     assert visitor.post("/contact", data={**fields, **valid_lead()}).status_code == 303
@@ -220,7 +225,7 @@ def test_a_lead_from_the_second_article_names_it_in_the_inbox_the_csv_and_the_em
     assert "Sleepy Sam" in client.get("/admin?article=no-such-article").get_data(as_text=True)  # ignored
     csv_text = client.get("/admin/leads.csv?article=acupuncture-for-sleep").get_data(as_text=True)
     header, line = csv_text.strip().splitlines()
-    assert header.endswith(",landing page") and line.endswith(f",{SLEEP}") and "Sleepy Sam" in line
+    assert header.endswith(",landing page,language") and line.endswith(f",{SLEEP},en") and "Sleepy Sam" in line
     lead_id = rows(app, "SELECT id FROM leads WHERE name = 'Sleepy Sam'")[0]["id"]
     detail = client.get(f"/admin/leads/{lead_id}").get_data(as_text=True)
     assert f'<dt>Sent from</dt><dd>Acupuncture for better sleep (<a href="{SLEEP}">{SLEEP}</a>)</dd>' in detail
@@ -317,7 +322,8 @@ def test_broken_content_stops_start_up_naming_the_file(settings, content, case):
 
 
 def test_no_home_article_stops_start_up(settings, content):
-    (content / SEED.name).unlink()
+    for seed in (ROOT / "content").glob("*.md"):  # the seed and its translation
+        (content / seed.name).unlink()
     with pytest.raises(articles.ContentError, match=r"content: no article has `home: true`"):
         create_app({**settings, "CONTENT_DIR": str(content)})
 
@@ -342,15 +348,27 @@ def test_the_articles_command_lists_them_and_names_a_broken_file(tmp_path, conte
     lines = listed.stdout.splitlines()
     assert lines[0].split("\t") == [
         "acupuncture-and-immune-system-modulation",
+        "en",
         "Acupuncture and immune system modulation",
         "https://clinic.example/",
         "2026-11-24",
+        "translations: es: acupuntura-y-modulacion-del-sistema-inmunitario",
     ]
     assert lines[1].split("\t") == [
         "acupuncture-for-sleep",
+        "en",
         "Acupuncture for better sleep",
         "https://clinic.example" + SLEEP,
         "2026-12-01",
+        "no translation",
+    ]
+    assert lines[2].split("\t") == [
+        "acupuntura-y-modulacion-del-sistema-inmunitario",
+        "es",
+        "Acupuntura y modulación del sistema inmunitario",
+        "https://clinic.example/es/",
+        "2026-11-24",
+        "translations: en: acupuncture-and-immune-system-modulation",
     ]
     (content / "broken.md").write_text(article_file(title=None))
     for command in ("articles", "check"):  # every command loads the site first, `check` included

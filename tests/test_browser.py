@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from conftest import DEVICES
+from conftest import DEVICES, OWNER_PASSWORD
 from playwright.sync_api import expect
 
 pytestmark = pytest.mark.e2e
@@ -321,3 +321,59 @@ def test_print_dark_mode_and_reduced_motion(browser, serve):
     page.emulate_media(reduced_motion="reduce")
     assert page.evaluate("getComputedStyle(document.documentElement).scrollBehavior") == "auto"
     page.close()
+
+
+def test_a_spanish_visitor_reads_writes_and_is_thanked_in_spanish(browser, live_server, smtp):
+    from test_admin_live import create_admin
+
+    context = browser.new_context(**DEVICES["phone"], locale="es-MX")
+    page = context.new_page()
+    page.device = "phone-es"
+    errors = console_errors(page)
+    page.goto(live_server.url + "/es/?utm_source=radio")
+    expect(page.locator("html")).to_have_attribute("lang", "es")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Acupuntura y modulación del sistema inmunitario")
+    expect(page.get_by_role("heading", level=3)).to_have_count(5)
+    expect(page.get_by_role("link", name="English")).to_have_attribute("href", "/?utm_source=radio")
+    width = page.evaluate("[document.documentElement.scrollWidth, innerWidth]")
+    assert width[0] <= width[1], "the page scrolls sideways"
+    page.get_by_text("visite la clínica Acupuncture Halls en San Juan Capistrano").scroll_into_view_if_needed()
+    snap(page, "spanish-landing")
+
+    # Checked in the page first, in Spanish; then what only the server judges, in Spanish too.
+    page.get_by_role("button", name="Enviar solicitud").click()
+    assert_message_beside(page, "name", "Por favor, díganos su nombre.")
+    expect(page.get_by_role("alert")).to_contain_text("Por favor, revise los campos marcados abajo:")
+    page.get_by_label("Su nombre").fill("María López")
+    page.get_by_label("Teléfono").fill("12345")
+    page.get_by_role("button", name="Enviar solicitud").click()
+    page.wait_for_url("**/es/contact")
+    assert_message_beside(page, "phone", "Escriba un número de teléfono al que podamos llamar, como 949-510-6333.")
+    expect(page.locator("html")).to_have_attribute("lang", "es")
+    snap(page, "spanish-invalid-from-server")
+
+    page.get_by_label("Teléfono").fill("949 510 6333")
+    page.get_by_label("¿En qué podemos ayudarle? (opcional)").fill("Tengo resfriados todo el invierno.")
+    page.get_by_role("button", name="Enviar solicitud").click()
+    page.wait_for_url("**/es/thanks")
+    expect(page.get_by_role("heading", level=1)).to_have_text("¡Gracias, María López!")
+    expect(page.locator("main")).to_contain_text("en un plazo de un día laborable")
+    snap(page, "spanish-thanks")
+    assert [e for e in errors if "status of 422" not in e] == []
+
+    [message] = smtp.wait_for(1)
+    assert message["Subject"] == "New appointment request (Spanish page): María López"
+    body = message.get_body(("plain",)).get_content()
+    assert body.splitlines()[0] == "New appointment request from the website, sent from a Spanish page"
+
+    create_admin(live_server.log_path.parent, "owner")
+    owner = browser.new_context(**DEVICES["desktop"]).new_page()
+    owner.goto(live_server.url + "/admin/login")
+    owner.get_by_label("Username").fill("owner")
+    owner.get_by_label("Password").fill(OWNER_PASSWORD)
+    owner.get_by_role("button", name="Sign in").click()
+    owner.wait_for_url("**/admin")
+    expect(owner.locator("html")).to_have_attribute("lang", "en")  # the owner's admin stays English
+    expect(owner.locator("li", has_text="María López").locator(".page-language")).to_have_text("Spanish page")
+    owner.context.close()
+    context.close()

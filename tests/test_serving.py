@@ -13,6 +13,8 @@ import pytest
 from conftest import csrf_token, form_fields, post_lead, valid_lead
 from flask import abort, flash, render_template, request
 
+import articles
+import languages
 import serving
 from app import create_app
 from forms import LeadForm, visit_fields
@@ -169,20 +171,24 @@ def test_missing_or_escaping_static_paths_get_404(client):
     assert client.get("/static/%2e%2e/app.py").status_code == 404
 
 
+@pytest.mark.parametrize("home", ["/", "/es/"])
 @pytest.mark.parametrize(
     "query,referrer",
     [("", None), ("?utm_source=fb&utm_medium=cpc&utm_campaign=a%22%3Cb%3E", 'https://news.example/?q=<x>&y="1"')],
 )
-def test_cached_landing_page_is_exactly_the_full_render(app, query, referrer):
-    """The per-process copy of the landing page must match a fresh render byte for byte, twice."""
+def test_cached_landing_page_is_exactly_the_full_render(app, home, query, referrer):
+    """The per-process copy of the landing page (English and Spanish) must match a fresh render byte for byte, twice."""
     headers = {"Referer": referrer} if referrer else {}
     for _ in range(2):
-        with app.test_request_context("/" + query, headers=headers):
+        with app.test_request_context(home + query, headers=headers):
+            article = articles.by_path(home)
+            context = {"article": article, "alternates": article["versions"]}
             values = visit_fields(request.args, request.referrer)
-            fast = serving.render_form_page("landing.html", LeadForm, values)
-            full = render_template("landing.html", form=serving.new_form(LeadForm, values))
+            fast = serving.render_form_page("landing.html", LeadForm, values, **context)
+            full = render_template("landing.html", form=serving.new_form(LeadForm, values), **context)
             assert fast == full
             assert values["form_token"] in fast
+    assert set(app.extensions["form_pages"]) == {(languages.of_path(home), home)}
 
 
 def test_each_visitor_gets_their_own_tokens(app):
@@ -217,7 +223,7 @@ def test_every_error_page_has_the_sites_look_and_phone(app, code):
     response = app.test_client().get("/probe-error")
     assert response.status_code == code
     html = response.get_data(as_text=True)
-    assert ERRORS[code][0] in html
+    assert str(ERRORS[code][0]) in html
     assert 'href="tel:+19495106333"' in html
     assert "site.css" in html
     assert response.headers["Content-Security-Policy"]
@@ -516,6 +522,13 @@ FIRST_VISITS = [
     ),
     ("GET", "/?utm_campaign=caf%C3%A9+%E2%9C%93&utm_medium=%ZZ", {"Referer": "https://news.example/café"}),
     ("HEAD", "/", {}),
+    (
+        "GET",
+        "/es/?utm_source=fb&utm_medium=cpc&utm_campaign=a%22%3Cb%3E&utm_source=second&other=1",
+        {"Referer": 'https://news.example/?q=<x>&y="1"'},
+    ),
+    ("GET", "/es/?utm_campaign=caf%C3%A9+%E2%9C%93&utm_medium=%ZZ", {}),
+    ("HEAD", "/es/", {}),
 ]
 
 
@@ -530,14 +543,16 @@ def test_first_visit_fast_path_answers_exactly_as_flask_does(settings, https, me
     for app in (fast, flask_only):
         dispatched = []
         app.before_request(lambda dispatched=dispatched: dispatched.append(request.path))
-        app.test_client().get("/", base_url=base_url)  # the process's first visit builds the cached page
+        app.test_client().get(path.split("?")[0], base_url=base_url)  # the process's first visit caches the page
         dispatched.clear()
         response = app.test_client().open(path, method=method, headers=headers, base_url=base_url)
         assert len(response.get_data()) == (int(response.headers["Content-Length"]) if method == "GET" else 0)
         answers.append((visible_answer(app, response), dispatched))
     (fast_answer, fast_dispatched), (flask_answer, flask_dispatched) = answers
-    assert (fast_dispatched, flask_dispatched) == ([], ["/"])  # each took the path it should
+    assert (fast_dispatched, flask_dispatched) == ([], [path.split("?")[0]])  # each took the path it should
     assert fast_answer == flask_answer
+    if method == "GET":
+        assert f'<html lang="{languages.of_path(path)}">' in fast_answer["body"]
     assert fast_answer["cookie"][0] == ("__Host-session" if https else "session")
 
 
