@@ -40,6 +40,7 @@ import offsite
 import readiness
 import serving
 import visits
+import weekly_report
 from extensions import csrf, limiter, mail
 from forms import LeadForm, new_form_token, read_form_token, visit_fields
 
@@ -69,6 +70,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     channels.init_app(app)
     backups.init_app(app)
     readiness.init_app(app)
+    weekly_report.init_app(app)
     return app
 
 
@@ -83,6 +85,7 @@ def start_background(app: Flask) -> None:
     app.extensions["housekeeping_stop"] = housekeeping.start(app)
     app.extensions["offsite_stop"] = offsite.start(app)
     app.extensions["visits_stop"] = visits.start(app)
+    app.extensions["weekly_report_stop"] = weekly_report.start(app)
 
 
 def stop_sending(app: Flask) -> None:
@@ -105,7 +108,7 @@ def stop_background(app: Flask) -> None:
         wait.start()
     for wait in waits:
         wait.join()
-    for name in ("housekeeping_stop", "offsite_stop"):
+    for name in ("housekeeping_stop", "offsite_stop", "weekly_report_stop"):
         stop_thread = app.extensions.pop(name, None)
         if stop_thread is not None:
             stop_thread.set()

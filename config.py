@@ -78,6 +78,9 @@ SETTINGS: dict[str, tuple[object, type]] = {
     "RESTIC_PASSWORD": (None, str),
     "OFFSITE_DELAY_SECONDS": (60.0, float),
     "OFFSITE_KEEP_DAYS": (30, int),
+    "WEEKLY_REPORT": (True, bool),
+    "WEEKLY_REPORT_DAY": ("Mon", str),
+    "WEEKLY_REPORT_HOUR": (8, int),  # in CLINIC_TIMEZONE
 }
 
 # Passed to restic as they are (besides the RESTIC_ settings above): its backends' own variables
@@ -175,6 +178,7 @@ def finish(config: dict) -> dict:
     finish_mail(config)
     config["WORK_HOURS"] = parse_hours(config["CLINIC_HOURS"])
     config["WORK_DAYS"] = parse_days(config["CLINIC_DAYS"])
+    config["WEEKLY_REPORT_WEEKDAY"] = parse_weekday(config["WEEKLY_REPORT_DAY"], config["WEEKLY_REPORT_HOUR"])
     finish_channels(config)
     finish_offsite(config)
     return config
@@ -275,6 +279,15 @@ def parse_days(text: str) -> frozenset[int]:
     except ValueError:
         raise ConfigError(f"CLINIC_DAYS={text!r}: expected days like Mon-Fri or Mon,Wed,Sat") from None
     return frozenset(days)
+
+
+def parse_weekday(day: str, hour: int) -> int:
+    """Turn WEEKLY_REPORT_DAY ('Mon' ... 'Sun') into its weekday number (Monday is 0), checking the hour too."""
+    if day.strip().lower()[:3] not in DAYS or len(day.strip()) < 3:
+        raise ConfigError(f"WEEKLY_REPORT_DAY={day!r}: expected a day like Mon or Friday")
+    if not 0 <= hour <= 23:
+        raise ConfigError(f"WEEKLY_REPORT_HOUR={hour!r}: expected an hour from 0 to 23")
+    return DAYS.index(day.strip().lower()[:3])
 
 
 def private_folder(path: Path) -> Path:

@@ -31,7 +31,7 @@ from limits import parse_many
 
 import db
 import db.visits
-from extensions import client_network, limiter
+from extensions import client_network, limiter, logged_address
 
 log = logging.getLogger("clinic.visits")
 request_log = logging.getLogger("clinic.request")
@@ -445,7 +445,8 @@ def calls_route(app: Flask, wsgi_app):
         status = answer(environ)
         start_response(status, [("Content-Length", "0"), ("Cache-Control", "no-store")])
         elapsed = (time.perf_counter() - environ.get("clinic.started", time.perf_counter())) * 1000
-        request_log.info("POST %s %s 0B %.1fms", CALLS_PATH, status[:3], elapsed)
+        address = logged_address(environ.get("REMOTE_ADDR"))
+        request_log.info("POST %s %s 0B %.1fms %s", CALLS_PATH, status[:3], elapsed, address)
         return []
 
     return calls

@@ -3,6 +3,7 @@
 from sqlite_utils import Database
 
 from db import write
+from db.outbox import enqueue
 
 
 def claim_housekeeping(db: Database, job: str, now: str, next_due_at: str, who: str) -> bool:
@@ -120,3 +121,19 @@ def housekeeping_failures_in_a_row(db: Database, job: str) -> int:
         [job, job],
     )
     return next(rows)["n"]
+
+
+def add_housekeeping_job(db: Database, job: str, due_at: str) -> None:
+    """Make the job's row, first due at `due_at`, unless it exists."""
+    with write(db):
+        db.execute("INSERT OR IGNORE INTO housekeeping (job, due_at) VALUES (?, ?)", [job, due_at])
+
+
+def claim_job_and_queue(db: Database, job: str, now: str, next_due_at: str, who: str, email: dict) -> int | None:
+    """Take the job if it is due and queue its `email`, in one transaction; the email's id, or None if not won."""
+    with write(db):
+        won = db.execute(
+            "UPDATE housekeeping SET due_at = ?, claimed_at = ?, claimed_by = ? WHERE job = ? AND due_at <= ?",
+            [next_due_at, now, who, job, now],
+        ).rowcount
+        return enqueue(db, email, now) if won else None

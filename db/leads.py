@@ -82,3 +82,10 @@ def delete_lead(db: Database, lead_id: int) -> list[str]:
         message_ids = [e["message_id"] for e in rows_for_lead(db, lead_id)]
         deleted = db.execute("DELETE FROM leads WHERE id = ?", [lead_id]).rowcount
         return message_ids if deleted else []
+
+
+def leads_still_new(db: Database, limit: int) -> tuple[int, list[dict]]:
+    """How many requests (not spam) are still new, and the id and time of the oldest `limit` of them."""
+    count = next(db.query("SELECT count(*) AS n FROM leads WHERE status = 'new'"))["n"]
+    rows = db.query("SELECT id, created_at FROM leads WHERE status = 'new' ORDER BY created_at, id LIMIT ?", [limit])
+    return count, list(rows)
