@@ -13,6 +13,7 @@ from flask import (
     Flask,
     abort,
     current_app,
+    has_request_context,
     redirect,
     render_template,
     request,
@@ -158,7 +159,7 @@ def register_templates(app: Flask) -> None:
 def page_language() -> dict:
     """The page's language, its home article, the header's switch and hreflang alternates (a view may pass its own)."""
     lang = languages.current()
-    args = request.args if request.query_string else {}
+    args = request.args if has_request_context() and request.query_string else {}  # emails render outside one
     return {
         "lang": lang,
         "clinic": current_app.extensions["clinic_by_language"][lang],

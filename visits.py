@@ -31,6 +31,7 @@ from limits import parse_many
 
 import db
 import db.visits
+import languages
 from extensions import client_network, limiter, logged_address
 
 log = logging.getLogger("clinic.visits")
@@ -409,7 +410,8 @@ def calls_route(app: Flask, wsgi_app):
     """
     counter = app.extensions.get("visits")
     limits = parse_many(app.config["CONTACT_RATE_LIMIT"]) if app.config["RATELIMIT_ENABLED"] else []
-    pages = {article["path"] for article in app.extensions["articles"]} | set(CALL_PAGES)
+    pages = {article["path"] for article in app.extensions["articles"]}
+    pages |= {languages.prefixed(lang, page) for lang in languages.PREFIXES for page in CALL_PAGES}
 
     def within_limit(address: str) -> bool:
         network = client_network(address)

@@ -37,11 +37,13 @@ def test_a_call_counts_on_the_row_of_the_page_view_it_came_from(app):
     assert response.status_code == 204 and response.data == b""
     call(app, "/privacy", referrer="https://www.google.com/")
     call(app, "/thanks", referrer="https://clinic.example/")
+    call(app, "/es/privacy", referrer="https://clinic.example/es/")  # a Spanish page: its own row
     call(app, "/no-such-page")  # a 404's phone button: no page view to join, one row for every error page
     assert calls_counted(app) == {
         ("/", "facebook", "cpc", "spring"): 1,
         ("/privacy", "google", "search", ""): 1,
         ("/thanks", "internal", "", ""): 1,
+        ("/es/privacy", "internal", "", ""): 1,
         ("(error page)", "direct", "", ""): 1,
     }
     assert counted(app)[("/", "facebook", "cpc", "spring")] == (1, 1)  # a call adds no view and no visitor
