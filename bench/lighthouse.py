@@ -1,7 +1,8 @@
-"""Lighthouse (mobile preset) on /, an article and /thanks, served by gunicorn; scores to bench/lighthouse-results.json.
+"""Lighthouse (mobile preset) on /, an article, /thanks and Spanish pages; scores to bench/lighthouse-results.json.
 
 make lighthouse                      # 3 runs per page, median scores
 make lighthouse ARGS="--runs 1"
+make lighthouse ARGS="--pages /es/ /es/thanks"
 """
 
 import argparse
@@ -27,7 +28,7 @@ CHROME_FLAGS = (
     " --disable-sync --no-first-run"
 )
 CATEGORIES = ["performance", "accessibility", "best-practices", "seo"]
-PAGES = ["/", "/articles/acupuncture-for-sleep", "/thanks"]
+PAGES = ["/", "/articles/acupuncture-for-sleep", "/thanks", "/es/", "/es/privacy", "/es/thanks"]
 RESULTS = ROOT / "bench" / "lighthouse-results.json"
 
 
@@ -111,6 +112,7 @@ def summary(reports: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="Lighthouse runs per page (median reported)")
+    parser.add_argument("--pages", nargs="+", default=PAGES, help="the paths to audit (default: %(default)s)")
     args = parser.parse_args()
     if not LIGHTHOUSE.exists():
         raise SystemExit("node_modules/.bin/lighthouse is missing: run `npm ci`")
@@ -121,8 +123,8 @@ def main() -> None:
         process, base = start_site(tmp)
         try:
             pages = {}
-            for page in PAGES:
-                out_dir = Path(tmp) / page.strip("/").replace("/", "_")
+            for page in args.pages:
+                out_dir = Path(tmp) / (page.strip("/").replace("/", "_") or "home")
                 out_dir.mkdir(exist_ok=True)
                 reports = [audit(base + page, out_dir, run) for run in range(args.runs)]
                 pages[page] = summary(reports)

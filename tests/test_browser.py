@@ -294,7 +294,9 @@ def test_found_and_shared(browser, serve):
     sitemap = ET.fromstring(page.request.get(server.url + "/sitemap.xml").body())
     assert [loc.text for loc in sitemap.iter("{http://www.sitemaps.org/schemas/sitemap/0.9}loc")] == [
         SITE_URL + "/",
+        SITE_URL + "/es/",
         SITE_URL + "/privacy",
+        SITE_URL + "/es/privacy",
     ]
     page.goto(server.url + "/no-such-page")
     expect(page.locator('meta[name="robots"]')).to_have_attribute("content", "noindex")
