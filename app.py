@@ -28,16 +28,15 @@ from werkzeug.serving import is_running_from_reloader
 import admin
 import articles
 import backups
-import channels
 import config
-import confirmation
 import db
 import db.leads
 import db.outbox
 import housekeeping
 import languages
-import notify
 import offsite
+import outbox.rows
+import outbox.sender
 import readiness
 import serving
 import visits
@@ -67,8 +66,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     register_templates(app)
     register_error_pages(app)
     serving.init_app(app)
-    notify.init_app(app)
-    channels.init_app(app)
+    outbox.sender.init_app(app)
     backups.init_app(app)
     readiness.init_app(app)
     weekly_report.init_app(app)
@@ -80,8 +78,8 @@ def start_background(app: Flask) -> None:
 
     Only server processes send email: a `flask` command run from a shell or cron never does.
     """
-    app.extensions["outbox_stop"] = notify.start_worker(app)
-    app.extensions["channels_stop"] = channels.start_worker(app)
+    for key, sender in outbox.sender.SENDERS.items():
+        app.extensions[key] = outbox.sender.start(app, sender)
     app.extensions["server_lock"] = backups.hold_server_lock(app.config)  # `restore` refuses while held
     app.extensions["housekeeping_stop"] = housekeeping.start(app)
     app.extensions["offsite_stop"] = offsite.start(app)
@@ -91,7 +89,7 @@ def start_background(app: Flask) -> None:
 
 def stop_sending(app: Flask) -> None:
     """Tell the senders to take no further email, alert or webhook, without waiting (a worker's SIGTERM)."""
-    for name in ("outbox_stop", "channels_stop"):
+    for name in outbox.sender.SENDERS:
         stop = app.extensions.get(name)
         if stop is not None:
             stop(wait=False)
@@ -103,7 +101,7 @@ def stop_background(app: Flask) -> None:
     if stop_visits is not None:
         stop_visits()  # writes the counts gathered since the last write
     # Both senders finish their current attempt at once, so the worker waits for the slower, not the sum.
-    stoppers = [app.extensions.pop(name, None) for name in ("outbox_stop", "channels_stop")]
+    stoppers = [app.extensions.pop(name, None) for name in outbox.sender.SENDERS]
     waits = [threading.Thread(target=stop) for stop in stoppers if stop is not None]
     for wait in waits:
         wait.start()
@@ -350,18 +348,17 @@ def contact(lang: str):
             lead_id, is_new = db.leads.add_lead(database, lead, now)
             if is_new and not reasons:
                 stored = {**lead, "id": lead_id, "created_at": now, "status": "new"}
-                db.outbox.enqueue(database, notify.lead_email(stored, current_app.config), now)
-                for row in channels.new_lead_rows(database, stored, current_app.config, now):
+                for row in outbox.rows.new_lead_rows(database, stored, current_app.config, now):
                     db.outbox.enqueue(database, row, now)
     except sqlite3.Error:
         log.exception("could not store a lead")
         abort(503)
     if is_new:
         log.info("lead %s stored%s", lead_id, " as spam: " + lead["spam_reason"] if reasons else "")
-        channels.wake_senders()
+        outbox.sender.wake_senders()
     session["thanks_name"] = form.name.data
     if current_app.config["BOOKING_URL"]:
-        session["thanks_booking"] = confirmation.booking_token(lead_id, current_app.config["SECRET_KEY"])
+        session["thanks_booking"] = outbox.rows.booking_token(lead_id, current_app.config["SECRET_KEY"])
     return redirect(url_for(".thanks", lang=lang), 303)
 
 
@@ -386,12 +383,12 @@ def book(token: str | None):
         abort(404)
     lead = None
     if token is not None:
-        lead_id = confirmation.read_booking_token(token, cfg["SECRET_KEY"])
+        lead_id = outbox.rows.read_booking_token(token, cfg["SECRET_KEY"])
         lead = db.leads.get_lead(db.get_db(), lead_id) if lead_id is not None else None
         if lead is None:
             abort(404)
     visits.count_booking_click(current_app, request.environ, lead)
-    return redirect(confirmation.booking_link(cfg["BOOKING_URL"], lead or {}), 303)
+    return redirect(outbox.rows.booking_link(cfg["BOOKING_URL"], lead or {}), 303)
 
 
 @bp.get("/es/privacy", defaults={"lang": "es"})

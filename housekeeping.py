@@ -17,7 +17,7 @@ import db
 import db.accounts
 import db.housekeeping
 import db.visits
-import notify
+import outbox.email
 
 log = logging.getLogger("clinic.housekeeping")
 
@@ -52,7 +52,7 @@ def purge(database, config: dict, before: datetime, stop: threading.Event | None
             started = time.monotonic()
             count, message_ids = step()
             for message_id in message_ids:  # exactly the purged emails' files, whatever their age
-                notify.eml_path(message_id, config).unlink(missing_ok=True)
+                outbox.email.eml_path(message_id, config).unlink(missing_ok=True)
             counts[kind] += count
             if count < PURGE_BATCH:
                 break

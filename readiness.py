@@ -10,13 +10,14 @@ import click
 from flask import Flask, current_app
 from flask.cli import with_appcontext
 
-import channels
 import config
 import db
 import db.accounts
 import housekeeping
-import notify
 import offsite
+import outbox.alerts
+import outbox.email
+import outbox.webhooks
 
 
 def mail_problem(cfg: dict) -> str | None:
@@ -24,11 +25,11 @@ def mail_problem(cfg: dict) -> str | None:
     if not cfg["MAIL_SERVER"]:
         return "MAIL_SERVER is not set: notifications are only written to files in data/mail/ and nobody gets them"
     try:
-        notify.smtp_connect(cfg).quit()
+        outbox.email.smtp_connect(cfg).quit()
     except Exception as error:  # whatever stops the probe would stop the clinic's email too
         return (
             f"MAIL_SERVER {cfg['MAIL_SERVER']}:{cfg['MAIL_PORT']} cannot be used within MAIL_TIMEOUT "
-            f"({cfg['MAIL_TIMEOUT']:g} s): {notify.describe(error)}"
+            f"({cfg['MAIL_TIMEOUT']:g} s): {outbox.email.describe(error)}"
         )
     return None
 
@@ -51,7 +52,7 @@ def problems(cfg: dict, database, now: datetime) -> list[str]:
     if not https:
         found.append(f"SITE_URL is {cfg['SITE_URL']}: the public address must be https://")
     found.append(mail_problem(cfg))
-    found.extend(channels.problems(cfg))
+    found.extend(outbox.alerts.problems(cfg) + outbox.webhooks.problems(cfg))
     if cfg["CLINIC_EMAIL"] == config.SETTINGS["CLINIC_EMAIL"][0]:
         found.append(f"CLINIC_EMAIL is still the example address {cfg['CLINIC_EMAIL']}: set the clinic's mailbox")
     if not db.accounts.count_accounts(database):

@@ -14,20 +14,21 @@ import os
 import socket
 import threading
 from datetime import UTC, date, datetime, time, timedelta
-from email.utils import make_msgid
 from zoneinfo import ZoneInfo
 
 import click
 from flask import Flask, current_app, render_template
 from flask.cli import with_appcontext
 
-import channels
 import db
 import db.housekeeping
 import db.leads
 import db.outbox
 import housekeeping
 import offsite
+import outbox.addresses
+import outbox.rows
+import outbox.sender
 import visits
 from admin.analytics import add_up, counts_by_row
 
@@ -89,10 +90,10 @@ def health(database, config: dict, now: datetime) -> str:
     zone = ZoneInfo(config["CLINIC_TIMEZONE"])
     troubled = len(db.outbox.delivery_health(database)["troubled"])
     parts = [f"{troubled} email(s) failing" if troubled else "emails working"]
-    failing = [item["label"].lower() for item in channels.status(database, config) if item["troubled"]]
+    failing = [item["label"].lower() for item in outbox.addresses.status(database, config) if item["troubled"]]
     if failing:
         parts.append(", ".join(failing) + " failing")
-    elif channels.destinations(config):
+    elif outbox.addresses.destinations(config):
         parts.append("alerts and webhooks working")
     last = db.housekeeping.last_housekeeping(database, "backup", ok_only=True)
     alarm = housekeeping.backup_alarm(database, now)
@@ -139,7 +140,7 @@ def build(monday: date, now: datetime) -> dict:
             {
                 "id": lead["id"],
                 "received": f"{datetime.fromisoformat(lead['created_at']).astimezone(zone):%a %-d %b}",
-                "link": f"{site}/admin/leads/{lead['id']}",
+                "link": outbox.rows.admin_link(lead, config),
             }
             for lead in waiting
         ],
@@ -150,29 +151,13 @@ def build(monday: date, now: datetime) -> dict:
     }
 
 
-def email(report: dict, config: dict) -> dict:
-    """The outbox row of the report's email to CLINIC_EMAIL."""
-    visitors, calls, requests, _booked = (item["count"] for item in report["totals"])
-    subject = f"Your website last week: {visitors} visitors, {calls} calls, {requests} requests ({report['week']})"
-    return {
-        "lead_id": None,
-        "kind": "weekly_report",
-        "message_id": make_msgid(domain="clinic-site"),
-        "to_addr": config["CLINIC_EMAIL"],
-        "reply_to": None,
-        "subject": subject,
-        "body_text": render_template("email/weekly_report.txt", report=report),
-        "body_html": render_template("email/weekly_report.html", report=report),
-    }
-
-
 def queue(monday: date, now: datetime) -> int:
     """Build the week's report and queue its email (in an app context); return its outbox id."""
-    row = email(build(monday, now), current_app.config)
+    row = outbox.rows.weekly_report_email(build(monday, now), current_app.config)
     database = db.get_db()
     with db.write(database):
         outbox_id = db.outbox.enqueue(database, row, db.iso_utc(now))
-    channels.wake_senders()
+    outbox.sender.wake_senders()
     return outbox_id
 
 
@@ -192,12 +177,12 @@ def run_due(app: Flask, now: datetime, who: str) -> bool:
             return False
         monday = last_week(now, ZoneInfo(config["CLINIC_TIMEZONE"]))
         with app.app_context():
-            row = email(build(monday, now), config)
+            row = outbox.rows.weekly_report_email(build(monday, now), config)
         next_time = db.iso_utc(next_due(now, config))
         outbox_id = db.housekeeping.claim_job_and_queue(database, JOB, stamp, next_time, who, row)
     if outbox_id is None:
         return False  # another worker won it
-    channels.wake_senders()
+    outbox.sender.wake_senders()
     log.info("weekly report of %s queued for %s (email %s)", week_name(monday), config["CLINIC_EMAIL"], outbox_id)
     return True
 

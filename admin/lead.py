@@ -4,11 +4,12 @@ from email.utils import make_msgid
 
 from flask import abort, current_app, flash, g, redirect, render_template, request, url_for
 
-import channels
 import db
 import db.leads
 import db.outbox
-import notify
+import outbox.email
+import outbox.rows
+import outbox.sender
 from admin import audit, bp, log
 from forms import LeadUpdateForm
 
@@ -49,7 +50,7 @@ def update_lead(lead_id: int):
         return render_lead(lead, form, 422)
     database, now, done = db.get_db(), db.utcnow(), []
     # One lead.updated for the save, queued with its first change.
-    event = channels.lead_event("lead.updated", {**lead, "status": form.status.data}, current_app.config, now)
+    event = outbox.rows.lead_event("lead.updated", {**lead, "status": form.status.data}, current_app.config, now)
     if form.status.data != lead["status"]:
         db.leads.set_status(database, lead_id, form.status.data, now, queue=event)
         event = []
@@ -60,7 +61,7 @@ def update_lead(lead_id: int):
         audit("note added", lead_id)
         done.append("note added")
     if done:
-        channels.wake.set()
+        outbox.sender.ALERTS_AND_WEBHOOKS.wake.set()
     flash(f"Saved: {', '.join(done)}." if done else "Nothing to change.")
     return redirect(url_for("admin.lead_detail", lead_id=lead_id), 303)
 
@@ -71,9 +72,9 @@ def mark_spam(lead_id: int):
     lead = lead_or_404(lead_id)
     status = "spam" if request.form.get("spam") == "1" else "new"
     now = db.utcnow()
-    event = channels.lead_event("lead.updated", {**lead, "status": status}, current_app.config, now)
+    event = outbox.rows.lead_event("lead.updated", {**lead, "status": status}, current_app.config, now)
     db.leads.set_status(db.get_db(), lead_id, status, now, queue=event)
-    channels.wake.set()
+    outbox.sender.ALERTS_AND_WEBHOOKS.wake.set()
     audit("status changed", lead_id, f"{lead['status']} → {status}")
     flash(
         "Marked as spam: it is hidden from the inbox." if status == "spam" else "Marked as not spam: it is new again."
@@ -92,7 +93,7 @@ def delete_lead(lead_id: int):
     """Delete a lead, its notes and its emails (a privacy request)."""
     lead_or_404(lead_id)
     for message_id in db.leads.delete_lead(db.get_db(), lead_id):
-        notify.eml_path(message_id, current_app.config).unlink(missing_ok=True)
+        outbox.email.eml_path(message_id, current_app.config).unlink(missing_ok=True)
     audit("deleted lead", lead_id)
     log.info("lead %s deleted by admin %s", lead_id, g.account["id"])
     flash(f"Request #{lead_id} and its emails are deleted.")
@@ -107,7 +108,7 @@ def resend_email(email_id: int):
     if email is None:
         abort(404)
     db.outbox.resend(database, email_id, make_msgid(domain="clinic-site"), db.utcnow())
-    channels.wake_senders()
+    outbox.sender.wake_senders()
     audit("email sent again", email["lead_id"], f"email #{email_id}")
     flash("The email is queued to be sent again. Its delivery shows below in a moment.")
     if email["lead_id"] and db.leads.get_lead(database, email["lead_id"]):

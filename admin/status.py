@@ -5,14 +5,15 @@ from pathlib import Path
 
 from flask import abort, current_app, flash, g, redirect, render_template, url_for
 
-import channels
 import db
 import db.accounts
 import db.housekeeping
 import db.outbox
 import housekeeping
-import notify
 import offsite
+import outbox.addresses
+import outbox.rows
+import outbox.sender
 from admin import audit, bp
 from admin.auth import live_sessions
 
@@ -28,7 +29,7 @@ def status():
         "admin/status.html",
         health=db.outbox.delivery_health(database),
         email_channel=db.outbox.channel_health(database, "email"),
-        channels=channels.status(database, cfg),
+        channels=outbox.addresses.status(database, cfg),
         mail_server=f"{cfg['MAIL_SERVER']}:{cfg['MAIL_PORT']}" if cfg["MAIL_SERVER"] else None,
         mail_folder=Path(cfg["DATA_DIR"]) / "mail",
         clinic_email=cfg["CLINIC_EMAIL"],
@@ -53,9 +54,9 @@ def status():
 @bp.post("/status/test-email")
 def send_test_email():
     """Queue a test email to the clinic's mailbox."""
-    email = notify.check_email(g.account["username"], current_app.config)
+    email = outbox.rows.check_email(g.account["username"], current_app.config)
     db.outbox.enqueue(db.get_db(), email, db.utcnow())
-    channels.wake_senders()
+    outbox.sender.wake_senders()
     audit("test email queued")
     flash(f"A test email is on its way to {current_app.config['CLINIC_EMAIL']}. Reload this page to see it arrive.")
     return redirect(url_for("admin.status"), 303)
@@ -65,11 +66,11 @@ def send_test_email():
 def send_test_message(key: str):
     """Queue a test alert to one ALERT_URLS address, or a test event to the webhook."""
     cfg = current_app.config
-    row = channels.test_row(key, g.account["username"], cfg, db.utcnow())
+    row = outbox.rows.check_row(key, g.account["username"], cfg, db.utcnow())
     if row is None:
         abort(404)
     db.outbox.enqueue(db.get_db(), row, db.utcnow())
-    channels.wake_senders()
+    outbox.sender.wake_senders()
     audit(f"test {row['channel']} queued", detail=row["to_addr"])
     flash(f"A test is on its way to {row['to_addr']}. Reload this page to see it arrive.")
     return redirect(url_for("admin.status", _anchor="channels"), 303)

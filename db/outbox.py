@@ -59,18 +59,18 @@ def next_due_at(db: Database, channels: tuple[str, ...] = ("email",)) -> str | N
     return min(due, default=None)
 
 
-def defer_waiting_emails(db: Database, now: str, error: str, retry_at: str) -> int:
-    """Move every waiting email due before `retry_at` to then, with the reason; return how many moved.
+def defer_waiting(db: Database, channel: str, now: str, error: str, retry_at: str) -> int:
+    """Move every waiting row of `channel` due before `retry_at` to then, with the reason; return how many moved.
 
-    Emails only: the mail server being down says nothing about the alert and webhook addresses.
+    One channel only: the mail server being down says nothing about the alert and webhook addresses.
     """
     with write(db):
         return db.execute(
             """
         UPDATE outbox SET next_attempt_at = ?, last_error = ?, updated_at = ?
-        WHERE status = 'pending' AND next_attempt_at < ? AND channel = 'email'
+        WHERE status = 'pending' AND next_attempt_at < ? AND channel = ?
         """,
-            [retry_at, error, now, retry_at],
+            [retry_at, error, now, retry_at, channel],
         ).rowcount
 
 

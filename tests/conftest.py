@@ -142,15 +142,18 @@ def add_lead(app, created: datetime | None = None, status: str | None = None, **
     return lead_id
 
 
-def drain(app, now=None, send_pass=None) -> int:
-    """Run one pass of the email sender (or of `send_pass`, e.g. channels.drain), as its thread would."""
+def drain(app, now=None, sender=None) -> int:
+    """Run one round of the email sender (or of `sender`, e.g. ALERTS_AND_WEBHOOKS) as its thread would."""
     import db
-    import notify
+    import outbox.sender
 
+    sender = sender or outbox.sender.EMAIL
     with app.app_context():
         database = db.connect(app.config["DATABASE"])
         try:
-            return (send_pass or notify.drain)(database, app.config, now=now)
+            for job in sender.jobs:
+                job(database, app.config, now or datetime.now(UTC))
+            return outbox.sender.drain(database, app.config, sender.channels, now=now)
         finally:
             database.close()
 

@@ -13,7 +13,7 @@ from conftest import add_lead, post_lead, rows
 import db
 import db.leads
 import db.outbox
-import notify
+import outbox.email
 
 
 def test_csv_is_excel_ready_and_defuses_formulas(app, owner):
@@ -109,7 +109,7 @@ def test_purge_deletes_old_leads_with_their_emails(app, client):
     database.close()
     mail = Path(app.config["DATA_DIR"]) / "mail"
     mail.mkdir()
-    notify.eml_path("<x@y>", app.config).write_text("the old lead's email")
+    outbox.email.eml_path("<x@y>", app.config).write_text("the old lead's email")
     (mail / "unrelated.eml").write_text("not a purged lead's email, however old")
     year_ago = (now - timedelta(days=370)).timestamp()
     os.utime(mail / "unrelated.eml", (year_ago, year_ago))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from conftest import csrf_token, drain, post_lead, rows
 
-import notify
+import outbox.sender
 
 
 def post(client, url: str, data: dict | None = None, form_on: str | None = None):
@@ -133,7 +133,7 @@ def test_delivery_log_and_send_again(mail_settings, smtp, app, owner):
     response = post(owner, f"/admin/emails/{email['id']}/resend", form_on="/admin/leads/1")
     assert response.status_code == 303
     assert response.location == "/admin/leads/1"
-    assert notify.wake.is_set()
+    assert outbox.sender.EMAIL.wake.is_set()
     assert drain(app) == 1
     [msg] = smtp.wait_for(1)
     assert msg["Subject"] == "New appointment request: Jane Doe"

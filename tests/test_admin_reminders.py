@@ -10,7 +10,8 @@ from conftest import drain as drain_outbox
 import db
 import db.leads
 import db.outbox
-import reminders
+import outbox.reminders
+import outbox.rows
 
 LA = ZoneInfo("America/Los_Angeles")
 
@@ -40,7 +41,7 @@ def reminder_rows(app) -> list[dict]:
     ],
 )
 def test_working_hours_between_two_moments(app, start, end, hours):
-    assert reminders.working_seconds(start, end, app.config) == hours * 3600
+    assert outbox.reminders.working_seconds(start, end, app.config) == hours * 3600
 
 
 def test_working_hours_across_a_clock_change(settings):
@@ -48,7 +49,7 @@ def test_working_hours_across_a_clock_change(settings):
 
     app = create_app(settings | {"CLINIC_DAYS": "Mon-Sun", "CLINIC_HOURS": "00:00-24:00"})
     # Clocks went back an hour early on Sunday 1 Nov 2026: that day had 25 hours.
-    assert reminders.working_seconds(at(2026, 10, 31, 12), at(2026, 11, 2, 12), app.config) == 49 * 3600
+    assert outbox.reminders.working_seconds(at(2026, 10, 31, 12), at(2026, 11, 2, 12), app.config) == 49 * 3600
 
 
 def test_one_reminder_for_a_lead_still_new(mail_settings, smtp, app):
@@ -119,7 +120,7 @@ def test_two_senders_racing_queue_one_reminder(app):
     lead_id = add_lead(app, at(2026, 11, 23, 9))
     first, second = db.connect(app.config["DATABASE"]), db.connect(app.config["DATABASE"])
     with app.app_context():
-        email = reminders.reminder_email(db.leads.get_lead(first, lead_id), 4.0, app.config)
+        email = outbox.rows.reminder_email(db.leads.get_lead(first, lead_id), 4.0, app.config)
     assert db.outbox.queue_reminder(first, lead_id, email, db.utcnow()) is True
     assert db.outbox.queue_reminder(second, lead_id, email, db.utcnow()) is False
     first.close()

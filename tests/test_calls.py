@@ -7,7 +7,7 @@ import pytest
 from conftest import post_lead, rows
 from test_analytics import CHROME, FIREFOX, counted, visit
 
-import confirmation
+import outbox.rows
 from app import create_app
 
 AD = "/?utm_source=facebook&utm_medium=cpc&utm_campaign=spring"
@@ -126,7 +126,7 @@ def test_book_online_clicks_count_on_the_row_of_their_request(settings):
     booked = visitor.get(button)
     assert booked.status_code == 303 and booked.headers["Location"].startswith("https://booking.example/clinic?")
     lead_id = rows(app, "SELECT id FROM leads")[0]["id"]
-    emailed = f"/book/{confirmation.booking_token(lead_id, app.config['SECRET_KEY'])}"  # the confirmation's button
+    emailed = f"/book/{outbox.rows.booking_token(lead_id, app.config['SECRET_KEY'])}"  # the confirmation's button
     assert app.test_client().get(emailed, headers={"User-Agent": CHROME}).status_code == 303
     assert visitor.get("/book").status_code == 303  # /thanks again, its request gone from the session
     assert app.test_client().get(emailed, headers={"User-Agent": "Mozilla/5.0 (compatible; bingbot/2.0)"}).status_code

@@ -20,10 +20,12 @@ import pytest
 from conftest import OWNER_PASSWORD, csrf_token, drain, free_port, post_lead, rows, sign_in
 from standardwebhooks import Webhook
 
-import channels
 import config
 import db
 import db.migrations
+import outbox.addresses
+import outbox.rows
+import outbox.sender
 from app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,7 +96,7 @@ def receiver():
 
 def send_channels(app, now: datetime | None = None) -> int:
     """One pass of the alert and webhook sender, as its thread would run it."""
-    return drain(app, now, channels.drain)
+    return drain(app, now, outbox.sender.ALERTS_AND_WEBHOOKS)
 
 
 def later(seconds: float) -> datetime:
@@ -258,7 +260,7 @@ def test_confirmation_goes_once_a_day_to_an_address_and_never_without_one(confir
     tomorrow = (datetime.now(UTC) + timedelta(days=1, minutes=1)).isoformat(timespec="seconds")
     with app.test_request_context():
         lead = {"id": 4, "email": "jane@example.com", "utm_source": "", "is_spam": 0}
-        assert channels.confirmation.rows(database, lead, app.config, tomorrow)
+        assert outbox.rows.confirmation_rows(database, lead, app.config, tomorrow)
     database.close()
 
 
@@ -507,7 +509,7 @@ def test_status_page_lists_each_channel_masked_with_its_last_failure_and_a_test(
     assert "s3cretpass" not in html and "t0ken" not in html
     assert "error=500" in html
     assert "Phone alerts are failing" in owner.get("/admin").get_data(as_text=True)
-    key = channels.target_key(alert_url)
+    key = outbox.addresses.target_key(alert_url)
     queued = owner.post(f"/admin/status/test/{key}", data={"csrf_token": csrf_token(html)})
     assert queued.status_code == 303
     send_channels(app, later(5))
@@ -515,7 +517,7 @@ def test_status_page_lists_each_channel_masked_with_its_last_failure_and_a_test(
     html = owner.get("/admin/status").get_data(as_text=True)
     assert "Last success: never" not in html.split("Phone alert to")[1].split("</li>")[0]
     owner.post(
-        f"/admin/status/test/{channels.target_key(site.url('http', '/hook/t0ken'))}",
+        f"/admin/status/test/{outbox.addresses.target_key(site.url('http', '/hook/t0ken'))}",
         data={"csrf_token": csrf_token(html)},
     )
     send_channels(app, later(10))
@@ -683,7 +685,7 @@ def test_outbox_send_command_delivers_due_alerts_too(settings, receiver):
 def test_lead_event_carries_the_landing_page_when_leads_have_one(settings):
     app = create_app({**settings, "WEBHOOK_URL": "https://hooks.example/x", "WEBHOOK_SECRET": SECRET})
     lead = {"id": 3, "name": "Jane Doe", "status": "new", "created_at": "2026-11-29T10:00:00+00:00"}
-    [row] = channels.lead_event("lead.created", {**lead, "landing_page": "/articles/migraine"}, app.config, "now")
+    [row] = outbox.rows.lead_event("lead.created", {**lead, "landing_page": "/articles/migraine"}, app.config, "now")
     assert json.loads(row["body_text"])["data"]["landing_page"] == "/articles/migraine"
-    [row] = channels.lead_event("lead.created", lead, app.config, "now")
+    [row] = outbox.rows.lead_event("lead.created", lead, app.config, "now")
     assert "landing_page" not in json.loads(row["body_text"])["data"]

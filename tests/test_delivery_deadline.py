@@ -6,7 +6,8 @@ import threading
 import pytest
 from conftest import drain, post_lead, rows
 
-import channels
+import outbox.addresses
+import outbox.sender
 from app import create_app
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -63,9 +64,9 @@ def test_a_trickled_answer_ends_at_the_deadline_and_the_row_waits_for_a_retry(se
     )
     # The deadline is below OUTBOX_STALE_SECONDS: 1 s here, so no other worker could take the row meanwhile.
     app = create_app({**settings, **where, "OUTBOX_STALE_SECONDS": 2})
-    assert channels.delivery_seconds(app.config) == 1
+    assert outbox.addresses.delivery_seconds(app.config) == 1
     post_lead(app.test_client())
-    assert drain(app, None, channels.drain) == 0
+    assert drain(app, None, outbox.sender.ALERTS_AND_WEBHOOKS) == 0
     assert trickler.requests == 1 and not trickler.finished.is_set()  # the sender left before the answer ended
     [row] = rows(app, "SELECT status, attempts, last_error FROM outbox WHERE channel = ?", [channel])
     assert row == {"status": "pending", "attempts": 1, "last_error": "no complete answer within 1 s"}

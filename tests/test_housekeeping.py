@@ -21,7 +21,7 @@ import db.accounts
 import db.leads
 import db.migrations
 import db.outbox
-import notify
+import outbox.email
 from app import create_app
 
 
@@ -60,7 +60,7 @@ def write_eml_files(config: dict) -> None:
     """The .eml file of every stored email, as a site without MAIL_SERVER keeps them."""
     Path(config["DATA_DIR"], "mail").mkdir(exist_ok=True)
     for row in rows_of(config, "SELECT message_id FROM outbox"):
-        notify.eml_path(row["message_id"], config).write_text("email")
+        outbox.email.eml_path(row["message_id"], config).write_text("email")
 
 
 def rows_of(config: dict, sql: str) -> list[dict]:
@@ -306,7 +306,7 @@ def test_a_lead_deleted_while_its_email_is_sent_leaves_nothing_behind(settings, 
 
 def test_a_lead_deleted_while_its_email_file_is_written_leaves_no_file(app, client, monkeypatch):
     post_lead(client)
-    write_eml = notify.write_eml
+    write_eml = outbox.email.write_eml
 
     def write_then_owner_deletes(message, config):
         where = write_eml(message, config)
@@ -315,7 +315,7 @@ def test_a_lead_deleted_while_its_email_file_is_written_leaves_no_file(app, clie
         database.close()
         return where
 
-    monkeypatch.setattr(notify, "write_eml", write_then_owner_deletes)
+    monkeypatch.setattr(outbox.email, "write_eml", write_then_owner_deletes)
     assert drain(app) == 0
     assert list((Path(app.config["DATA_DIR"]) / "mail").glob("*.eml")) == []
     assert rows(app, "SELECT * FROM outbox") == [] and rows(app, "SELECT * FROM email_attempts") == []

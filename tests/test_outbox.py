@@ -10,9 +10,10 @@ from conftest import add_lead, drain, free_port, post_lead, rows
 
 import db
 import db.outbox
-import notify
 from app import create_app, start_background, stop_background
 from forms import MESSAGE_MAX
+from outbox.rows import lead_email
+from outbox.sender import EMAIL, backoff
 
 
 def outbox(app) -> list[dict]:
@@ -81,7 +82,7 @@ def test_control_characters_cannot_inject_headers(mail_app, smtp, sep):
     lead_id = add_lead(mail_app, name="Eve")  # the email's lead must exist (foreign key)
     lead = {"id": lead_id, "name": name, "email": f"eve@example.com{sep}Bcc: x@example.com", "created_at": now}
     with mail_app.test_request_context():
-        row = notify.lead_email(lead, mail_app.config)
+        row = lead_email(lead, mail_app.config)
         with db.connect(mail_app.config["DATABASE"]) as database:
             db.outbox.enqueue(database, row, now)
     drain(mail_app)
@@ -175,7 +176,7 @@ def test_an_outage_opens_one_connection_per_pass(settings):
 
 
 def test_backoff_grows_and_is_capped_at_a_minute():
-    waits = [notify.backoff(n).total_seconds() for n in range(1, 10)]
+    waits = [backoff(n).total_seconds() for n in range(1, 10)]
     assert waits[0] <= 5
     assert waits == sorted(waits)
     assert max(waits) == 60
@@ -274,7 +275,7 @@ def test_background_sender_delivers_without_anyone_waiting(settings, smtp):
         assert smtp.messages[0]["Subject"] == "New appointment request: Jane Doe"
     finally:
         stop_background(app)
-        notify.wake.set()
+        EMAIL.wake.set()
 
 
 def test_outbox_send_command_drains_once(mail_app, smtp):

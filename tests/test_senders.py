@@ -14,7 +14,7 @@ from pathlib import Path
 from aiosmtpd.controller import Controller
 from conftest import Inbox, free_port, post_lead, rows
 
-import notify
+import outbox.sender
 from app import create_app, start_background, stop_background
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,14 +118,14 @@ def test_a_stopping_worker_ends_its_sender_after_the_current_email(settings):
     app = create_app(settings)
     for i in range(3):
         post_lead(app.test_client(), name=f"Visitor {i}")
-    notify.wake.clear()
+    outbox.sender.EMAIL.wake.clear()
     start_background(app)
     try:
         assert gate.entered.wait(10)  # the first email is on the wire
         stopper = threading.Thread(target=stop_background, args=(app,))
         stopper.start()
         deadline = time.monotonic() + 10
-        while not notify.wake.is_set() and time.monotonic() < deadline:  # set just after the stop request
+        while not outbox.sender.EMAIL.wake.is_set() and time.monotonic() < deadline:  # set just after the stop request
             time.sleep(0.01)
         gate.release.set()
         stopper.join(10)

@@ -10,7 +10,7 @@ from aiosmtpd.smtp import AuthResult
 from conftest import Inbox, drain, free_port, post_lead, rows
 
 import config
-import notify
+import outbox.email
 from app import create_app
 
 
@@ -158,7 +158,7 @@ def test_smtp_connect_returns_a_logged_in_connection(certificate, monkeypatch):
         "MAIL_TIMEOUT": 5,
     }
     try:
-        connection = notify.smtp_connect(settings)
+        connection = outbox.email.smtp_connect(settings)
         assert connection.noop()[0] == 250
         connection.quit()
     finally:

@@ -1,15 +1,12 @@
-"""Speed to lead: a reminder when a request waits too long."""
+"""Speed to lead: a reminder when a request waits too long, queued by the email sender before each of its passes."""
 
 import logging
 import sqlite3
 from datetime import UTC, datetime, time, timedelta
-from email.utils import make_msgid
 from zoneinfo import ZoneInfo
 
-from flask import render_template
-
-import db
 import db.outbox
+from outbox.rows import reminder_email
 
 log = logging.getLogger("clinic.reminders")
 
@@ -32,22 +29,6 @@ def working_seconds(start: datetime, end: datetime, config: dict) -> float:
                 total += (high.astimezone(UTC) - low.astimezone(UTC)).total_seconds()
         day += timedelta(days=1)
     return total
-
-
-def reminder_email(lead: dict, waited_hours: float, config: dict) -> dict:
-    """Return the outbox row reminding the clinic of a request nobody has answered."""
-    link = f"{config['SITE_URL']}/admin/leads/{lead['id']}"
-    context = {"lead": lead, "link": link, "details": config["NOTIFY_DETAILS"], "hours": waited_hours}
-    return {
-        "lead_id": lead["id"],
-        "kind": "reminder",
-        "message_id": make_msgid(domain="clinic-site"),
-        "to_addr": config["CLINIC_EMAIL"],
-        "reply_to": None,
-        "subject": f"Still waiting for a call back: request #{lead['id']}",
-        "body_text": render_template("email/reminder.txt", **context),
-        "body_html": render_template("email/reminder.html", **context),
-    }
 
 
 def queue_due(database, config: dict, now: datetime) -> int:
