@@ -106,6 +106,8 @@ def test_a_spanish_visitor_is_told_what_to_fix_in_spanish_then_thanked_in_spanis
     assert "Por favor, díganos su nombre." in html
     assert "Indique un número de teléfono o una dirección de correo electrónico" in html
     assert "Por favor, revise los campos marcados abajo:" in html
+    bad_choice = post_lead_es(client, preferred_time="midnight")  # WTForms' own message, from its catalog
+    assert '<p class="error" id="preferred_time-error">Opción inválida.</p>' in bad_choice.get_data(as_text=True)
     bad_email = post_lead_es(client, email="not-an-address", phone="")
     assert "Escriba una dirección de correo electrónico como nombre@ejemplo.com." in bad_email.get_data(as_text=True)
     sent = post_lead_es(client, name="María López")
@@ -182,6 +184,7 @@ def test_the_owner_sees_the_spanish_page_in_the_inbox_the_lead_the_csv_and_analy
     add_lead(app, name="Old Lead")
     inbox = owner.get("/admin").get_data(as_text=True)
     assert inbox.count('<strong class="page-language">Spanish page</strong>') == 1
+    assert '<html lang="en">' in inbox and "Español" not in inbox  # the owner's admin stays English
     [lead] = rows(app, "SELECT id FROM leads WHERE name = 'María López'")
     page = owner.get(f"/admin/leads/{lead['id']}").get_data(as_text=True)
     assert '<dd class="page-language">Spanish page</dd>' in page
