@@ -200,6 +200,11 @@ def describe(error: Exception) -> str:
     return header_safe(f"{type(error).__name__}: {error}")[:500] or type(error).__name__
 
 
+def row_name(row: dict) -> str:
+    """How the log names an email: "email 7 for lead 3"."""
+    return f"email {row['id']} for lead {row['lead_id']}"
+
+
 def discard(row: dict, config: dict) -> None:
     """Remove what delivering a row left behind: the file of an email whose lead was deleted while it went out."""
     eml_path(row["message_id"], config).unlink(missing_ok=True)

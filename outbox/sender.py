@@ -37,6 +37,11 @@ def describe_plainly(error: Exception) -> str:
     return header_safe(str(error))[:500] or type(error).__name__
 
 
+def row_name(row: dict) -> str:
+    """How the log names a row: "alert 7 (alert) for lead 3"."""
+    return f"{row['channel']} {row['id']} ({row['kind']}) for lead {row['lead_id']}"
+
+
 def leave_nothing(row: dict, config: dict) -> None:
     """A delivery that leaves nothing behind to remove."""
 
@@ -49,10 +54,13 @@ class Channel(NamedTuple):
     prepare: Callable[[dict], None]  # once, as the sender starts
     describe: Callable[[Exception], str] = describe_plainly  # a failure in one line, kept as the row's last error
     discard: Callable[[dict, dict], None] = leave_nothing  # after a row vanished (with its lead) mid-delivery
+    name: Callable[[dict], str] = row_name  # how the log names a row
 
 
 CHANNELS = {
-    "email": Channel(email.deliveries, email.is_permanent, email.prepare, email.describe, email.discard),
+    "email": Channel(
+        email.deliveries, email.is_permanent, email.prepare, email.describe, email.discard, email.row_name
+    ),
     "alert": Channel(alerts.deliveries, alerts.is_permanent, alerts.prepare),
     "webhook": Channel(webhooks.deliveries, webhooks.is_permanent, webhooks.prepare),
 }
@@ -109,7 +117,7 @@ def deliver(database, row: dict, send: Callable[[dict, datetime], str], now: dat
     ChannelUnavailable passes through unrecorded: the caller backs off every waiting row of the channel.
     """
     channel = CHANNELS[row["channel"]]
-    what = f"{row['channel']} {row['id']} ({row['kind']}) for lead {row['lead_id']}"
+    what = channel.name(row)
     try:
         outcome = send(row, now)
     except ChannelUnavailable:
