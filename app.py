@@ -32,6 +32,7 @@ import config
 import db
 import db.leads
 import db.outbox
+import form_pages
 import housekeeping
 import languages
 import offsite
@@ -233,7 +234,9 @@ def landing_page(article: dict) -> str:
     """An article with the appointment form at its end, as a new visitor sees it."""
     args = request.args if request.query_string else {}
     values = visit_fields(args, request.referrer)
-    return serving.render_form_page("landing.html", LeadForm, values, article=article, alternates=article["versions"])
+    return form_pages.render_form_page(
+        "landing.html", LeadForm, values, article=article, alternates=article["versions"]
+    )
 
 
 # Each public page has a rule per language, the English one first: url_for() without `lang` gives English.

@@ -1,4 +1,4 @@
-"""How the site is served: proxy trust, security and cache headers, request logs, static files, cached pages."""
+"""How the site is served: proxy trust, security and cache headers, request logs, session cookies, static files."""
 
 import gzip
 import hashlib
@@ -7,21 +7,16 @@ import mimetypes
 import os
 import re
 import time
-from urllib.parse import parse_qs
 
-from flask import Flask, Response, abort, current_app, g, render_template, request, session
+from flask import Flask, Response, abort, current_app, g, request, session
 from flask.sessions import SecureCookieSessionInterface
-from flask_wtf.csrf import generate_csrf
-from itsdangerous import URLSafeTimedSerializer
-from markupsafe import escape
-from werkzeug.http import dump_cookie
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.security import safe_join
 
-import languages
+import form_pages
 import visits
 from extensions import logged_address
-from forms import uncompressed, visit_fields
+from forms import uncompressed
 
 log = logging.getLogger("clinic.request")
 
@@ -29,9 +24,6 @@ CSP = "default-src 'self'; base-uri 'none'; object-src 'none'; frame-ancestors '
 PERMISSIONS = "camera=(), microphone=(), geolocation=(), payment=(), usb=(), browsing-topics=()"
 YEAR = 365 * 24 * 3600
 COMPRESSIBLE = ("text/", "application/json", "application/javascript", "image/svg+xml", "application/manifest+json")
-# Per-visitor values stand in the cached page as these private-use characters, which HTML escaping leaves alone.
-SLOT = "\ue000{}\ue001"
-SLOT_RE = re.compile("\ue000(\\w+)\ue001")
 # C0 and C1 controls and Unicode's line and paragraph separators: anything that could end a log line.
 CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
@@ -40,7 +32,7 @@ def init_app(app: Flask) -> None:
     """Trust proxies as configured, add headers and a log line to every response, serve static files."""
     app.session_interface = SessionCookies()
     count = visits.init_app(app)
-    app.wsgi_app = visits.calls_route(app, first_visit_landing(app, app.wsgi_app))
+    app.wsgi_app = visits.calls_route(app, form_pages.first_visit_landing(app, app.wsgi_app, PRIVATE, log_request))
     if app.config["TRUSTED_PROXIES"] > 0:
         n = app.config["TRUSTED_PROXIES"]
         # The visitor's address and scheme only: the Host the visitor sent stays the host (a forged
@@ -124,19 +116,17 @@ def finish_response(response: Response) -> Response:
     """Set Cache-Control, and log the request in one line without its query or body."""
     response.headers["Cache-Control"] = cache_policy(response)
     req = request._get_current_object()
-    elapsed = (time.perf_counter() - req.environ.get("clinic.started", time.perf_counter())) * 1000
     # A streamed body's size is not known yet; asking for it would read the whole stream into memory.
     size = None if response.is_streamed else response.calculate_content_length()
-    log.info(
-        "%s %s %s %s %.1fms %s",
-        req.method,
-        req.path[:200],
-        response.status_code,
-        "-" if size is None else f"{size}B",
-        elapsed,
-        logged_address(req.remote_addr),
-    )
+    log_request(req.method, req.path, response.status_code, size, req.environ.get("clinic.started"), req.remote_addr)
     return response
+
+
+def log_request(method: str, path: str, status: int, size: int | None, started: float | None, address: str | None):
+    """Log one request in one line: method, path without its query, status, size, time taken, address."""
+    elapsed = (time.perf_counter() - (started or time.perf_counter())) * 1000
+    size_text = "-" if size is None else f"{size}B"
+    log.info("%s %s %s %s %.1fms %s", method, path[:200], status, size_text, elapsed, logged_address(address))
 
 
 def escape_controls(text: str) -> str:
@@ -221,137 +211,3 @@ def send_static(filename: str) -> Response:
         response.vary.add("Accept-Encoding")
     g.versioned_asset = request.args.get("v") == asset.hash[:12]  # cache_policy keeps it for a year
     return response.make_conditional(request)
-
-
-def new_form(form_class, values: dict):
-    """An empty `form_class` form with `values` in its hidden fields."""
-    form = form_class(formdata=None)
-    for name, value in values.items():
-        form[name].data = value
-    return form
-
-
-def render_form_page(template: str, form_class, values: dict, **context) -> str:
-    """Render `template` with a fresh form and `context`, from a copy made once per process, language and path.
-
-    Everything on such a page is the same for every visitor except the form's hidden fields (the
-    CSRF and form tokens, where the visitor came from) and the visit's UTM tags on the link to the
-    other language, so the page is rendered once with markers in their place and each visit fills
-    in its own values. Flashed messages and template
-    auto-reload (debug) take the normal path.
-    """
-    if current_app.jinja_env.auto_reload or "_flashes" in session:
-        return render_template(template, form=new_form(form_class, values), **context)
-    pages = current_app.extensions.setdefault("form_pages", {})
-    key = (languages.current(), request.path)
-    page = pages.get(key)
-    if page is None:
-        page = pages[key] = page_with_slots(template, new_form(form_class, values), values, **context)
-    csrf_names, parts = page
-    return fill_page(page, values, generate_csrf() if csrf_names else "")
-
-
-def fill_page(page: tuple[list[str], list[str]], values: dict, csrf_token: str) -> str:
-    """Put one visitor's hidden-field values (and CSRF token) into a page made by page_with_slots."""
-    csrf_names, parts = page
-    filled = {name: escape(value) for name, value in values.items()}
-    filled.update(dict.fromkeys(csrf_names, escape(csrf_token)))
-    filled["switch_query"] = escape(languages.switch_query(values))
-    return "".join(filled[part] if i % 2 else part for i, part in enumerate(parts))
-
-
-def first_visit_landing(app: Flask, wsgi_app):
-    """Answer GET of a landing page (`/`, an article) for a visitor with no session cookie, below Flask's dispatch.
-
-    A landing page is a path whose page render_form_page has cached. This is where a burst of ad
-    visitors lands, and Flask's per-request machinery (contexts, hooks, limiter, response object)
-    costs more than the page itself. The answer is what the landing view
-    gives a new visitor: the cached page filled in, a CSRF token made as flask-wtf's generate_csrf
-    makes it, and a new session cookie from Flask's own session serializer and cookie settings.
-    Anything else, and the very first request of a process (which builds the cached page), takes the
-    normal path. Because this copies library internals, tests/test_serving.py compares its answer
-    with Flask's own for the same request (status, headers, cookie attributes, page), over HTTP and
-    HTTPS. If it ever raises, the error is logged once and Flask answers from then on.
-    The `FIRST_VISIT_FAST_PATH: False` override (for that comparison) leaves Flask to answer always.
-    """
-    if not app.config.get("FIRST_VISIT_FAST_PATH", True):
-        return wsgi_app
-    interface = app.session_interface
-    cookie_name = interface.get_cookie_name(app)
-    csrf_key = app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
-    csrf_secret = app.config.get("WTF_CSRF_SECRET_KEY") or app.secret_key
-    csrf_signer = uncompressed(URLSafeTimedSerializer(csrf_secret, salt="wtf-csrf-token"))
-    cookie_options = {
-        "domain": interface.get_cookie_domain(app),
-        "path": interface.get_cookie_path(app),
-        "secure": interface.get_cookie_secure(app),
-        "httponly": interface.get_cookie_httponly(app),
-        "samesite": interface.get_cookie_samesite(app),
-        "partitioned": interface.get_cookie_partitioned(app),
-    }
-    broken = False
-
-    def answer(environ, page) -> tuple[bytes, list[tuple[str, str]]]:
-        """The page and headers for one first visit."""
-        query = environ.get("QUERY_STRING", "")
-        args = {k: v[0] for k, v in parse_qs(query).items()} if query else {}
-        raw_token = hashlib.sha1(os.urandom(64)).hexdigest()
-        with app.app_context():
-            values = visit_fields(args, environ.get("HTTP_REFERER"))
-            cookie = interface.get_signing_serializer(app).dumps({csrf_key: raw_token})
-        body = fill_page(page, values, csrf_signer.dumps(raw_token)).encode()
-        headers = [
-            ("Content-Type", "text/html; charset=utf-8"),
-            ("Content-Length", str(len(body))),
-            ("Cache-Control", PRIVATE),  # what cache_policy says of a new session
-            ("Vary", "Cookie"),
-            ("Set-Cookie", dump_cookie(cookie_name, cookie, **cookie_options)),
-        ]
-        return body, headers
-
-    def landing(environ, start_response):
-        nonlocal broken
-        path = environ.get("PATH_INFO", "")
-        page = app.extensions.get("form_pages", {}).get((languages.of_path(path), path))
-        if (
-            page is None
-            or broken
-            or environ.get("REQUEST_METHOD") not in ("GET", "HEAD")
-            or cookie_name in environ.get("HTTP_COOKIE", "")
-        ):
-            return wsgi_app(environ, start_response)
-        try:
-            body, headers = answer(environ, page)
-        except Exception:
-            broken = True
-            log.exception("the first-visit fast path failed; Flask answers first visits from now on")
-            return wsgi_app(environ, start_response)
-        start_response("200 OK", headers)
-        elapsed = (time.perf_counter() - environ.get("clinic.started", time.perf_counter())) * 1000
-        method, path = environ["REQUEST_METHOD"], environ["PATH_INFO"]
-        log.info(
-            "%s %s 200 %sB %.1fms %s", method, path, len(body), elapsed, logged_address(environ.get("REMOTE_ADDR"))
-        )
-        return [body] if environ["REQUEST_METHOD"] == "GET" else []
-
-    return landing
-
-
-def page_with_slots(template: str, form, values: dict, **context) -> tuple[list[str], list[str]]:
-    """Render `template` with a marker in each varying hidden field and the switch link's query; return the parts.
-
-    Also returns the CSRF fields.
-
-    The parts alternate: page text, a field name, page text, ...
-    """
-    csrf_names = [field.name for field in form if field.type == "CSRFTokenField"]
-    slotted = [form[name] for name in [*values, *csrf_names]]
-    try:
-        for field in slotted:
-            marker = SLOT.format(field.name)
-            field._value = lambda marker=marker: marker
-        html = render_template(template, form=form, switch_query=SLOT.format("switch_query"), **context)
-    finally:
-        for field in slotted:
-            del field._value
-    return csrf_names, SLOT_RE.split(html)

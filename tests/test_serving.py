@@ -14,8 +14,8 @@ from conftest import csrf_token, form_fields, post_lead, valid_lead
 from flask import abort, flash, render_template, request
 
 import articles
+import form_pages
 import languages
-import serving
 from app import create_app
 from forms import LeadForm, visit_fields
 
@@ -184,8 +184,8 @@ def test_cached_landing_page_is_exactly_the_full_render(app, home, query, referr
             article = articles.by_path(home)
             context = {"article": article, "alternates": article["versions"]}
             values = visit_fields(request.args, request.referrer)
-            fast = serving.render_form_page("landing.html", LeadForm, values, **context)
-            full = render_template("landing.html", form=serving.new_form(LeadForm, values), **context)
+            fast = form_pages.render_form_page("landing.html", LeadForm, values, **context)
+            full = render_template("landing.html", form=form_pages.new_form(LeadForm, values), **context)
             assert fast == full
             assert values["form_token"] in fast
     assert set(app.extensions["form_pages"]) == {(languages.of_path(home), home)}
@@ -562,7 +562,7 @@ def test_a_failing_fast_path_leaves_first_visits_to_flask(app, monkeypatch, capl
     def broken(*args, **kwargs):
         raise RuntimeError("a library changed under the fast path")
 
-    monkeypatch.setattr(serving, "visit_fields", broken)  # only the fast path calls it through serving
+    monkeypatch.setattr(form_pages, "visit_fields", broken)  # only the fast path calls it through form_pages
     for n in range(2):
         visitor = app.test_client()
         page = visitor.get(f"/?utm_source=visit{n}")
