@@ -8,7 +8,9 @@
    Each round also measures a second site with ANALYTICS=false, so the cost of counting visits
    shows as the two ratios, and as the workers' CPU time per request of each (which the machine's
    other load moves far less than the rate). wrk sends a browser's User-Agent, so each request is counted
-   as a person's visit (a request without one would count as a bot's).
+   as a person's visit (a request without one would count as a bot's). Each round also sends `POST /calls`
+   (bench/calls.lua: the beacon of a tap on a tel: link) to the site: its workers' CPU time per call
+   against per `GET /`.
 2. POST /contact at a steady 100 posts/s, open loop: each post is sent when it is due and its
    latency counted from then. Every answer must be 303 and every lead stored.
 3. The same while the SMTP server takes 5 s over each message, and with every channel on (an
@@ -171,10 +173,14 @@ def site_env(data_dir: str, smtp_port: int) -> dict:
     }
 
 
-def wrk(url: str, seconds: int, connections: int) -> dict:
+CALLS_SCRIPT = str(ROOT / "bench" / "calls.lua")
+
+
+def wrk(url: str, seconds: int, connections: int, script: str | None = None) -> dict:
     """Run wrk against `url` as a browser would (its User-Agent); return requests/s and p50/p99 latency in ms."""
+    extra = ["-s", script] if script else []
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-H", f"User-Agent: {BROWSER}", url],
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-H", f"User-Agent: {BROWSER}", *extra, url],
         capture_output=True,
         text=True,
         check=True,
@@ -383,6 +389,7 @@ def get_runs(seconds: int, rounds: int, connections: int) -> dict:
         started.append(baseline)
         for server in (site, site_off, baseline):  # warm them up
             wrk(server.url + "/", 2, connections)
+        wrk(site.url + "/calls", 2, connections, CALLS_SCRIPT)
         runs = []
         for n in range(rounds):
             round_ = {}
@@ -395,6 +402,9 @@ def get_runs(seconds: int, rounds: int, connections: int) -> dict:
             # Counting on and off served at the same time: both meet the same load, which sequential
             # rounds on this shared machine do not.
             round_["together"] = wrk_together([site, site_off], seconds, connections // 2)
+            cpu = site.cpu_seconds()
+            round_["calls"] = wrk(site.url + "/calls", seconds, connections, CALLS_SCRIPT)
+            round_["calls"]["cpu_us"] = (site.cpu_seconds() - cpu) / (round_["calls"]["rps"] * seconds) * 1e6
             runs.append(round_)
 
         def median_round(value) -> dict:
@@ -404,6 +414,7 @@ def get_runs(seconds: int, rounds: int, connections: int) -> dict:
         ratio_off = median_round(lambda r: r["off"]["rps"] / r["baseline"]["rps"])
         together = median_round(lambda r: r["together"][0]["rps"] / r["together"][1]["rps"])
         cpu = median_round(lambda r: r["together"][1]["cpu_us"] / r["together"][0]["cpu_us"])
+        calls = median_round(lambda r: r["calls"]["cpu_us"] / r["on"]["cpu_us"])
         return {
             "site": ratio["on"],
             "baseline": ratio["baseline"],
@@ -416,6 +427,10 @@ def get_runs(seconds: int, rounds: int, connections: int) -> dict:
             "cpu_ratios": [r["together"][1]["cpu_us"] / r["together"][0]["cpu_us"] for r in runs],
             "cpu_on": cpu["together"][0]["cpu_us"],
             "cpu_off": cpu["together"][1]["cpu_us"],
+            "calls": calls["calls"],
+            "calls_cpu_ratio": calls["calls"]["cpu_us"] / calls["on"]["cpu_us"],
+            "calls_cpu_ratios": [r["calls"]["cpu_us"] / r["on"]["cpu_us"] for r in runs],
+            "calls_get_cpu": calls["on"]["cpu_us"],
             "bytes": body.stat().st_size,
             "peak_mb": site.peak_memory_mb(),
         }
@@ -448,6 +463,11 @@ def table(get: dict, fast: dict, slow: dict, every: dict, paused: dict, every_pa
         f"| workers' CPU time per `GET /`, counting on / off, same rounds (median) | {get['cpu_on']:.0f} µs / "
         f"{get['cpu_off']:.0f} µs: off ÷ on ({', '.join(f'{r:.2f}' for r in get['cpu_ratios'])}) "
         f"**{get['cpu_off'] / get['cpu_on']:.2f}** | ≥ 0.95 |",
+        f"| `POST /calls` (a tap on the phone number), as many as wrk sends | {get['calls']['rps']:,.0f} req/s, "
+        f"p50 {get['calls']['p50']:.1f} ms, p99 {get['calls']['p99']:.1f} ms; workers' CPU "
+        f"{get['calls']['cpu_us']:.0f} µs per call against {get['calls_get_cpu']:.0f} µs per `GET /` in the same "
+        f"round: calls ÷ GET ({', '.join(f'{r:.2f}' for r in get['calls_cpu_ratios'])}) "
+        f"**{get['calls_cpu_ratio']:.2f}** | ≤ 1 |",
         f"| `POST /contact` at {args.rate:.0f}/s open loop, fast SMTP ({fast['posts']} posts) | p50 "
         f"{fast['p50']:.1f} ms, **p99 {fast['p99']:.1f} ms** (rounds {rounds_of(fast)}; max {fast['max']:.0f} ms); "
         f"{'all 303' if fast['all_303'] else 'NOT all 303'}, {fast['stored']} stored | p99 < 50 ms |",
@@ -521,6 +541,7 @@ def main() -> None:
         for name, ok in [
             ("GET ratio", get["ratio"] >= 0.4),
             ("counting on ÷ off", get["together"] >= 0.95),
+            ("POST /calls CPU ÷ GET /", get["calls_cpu_ratio"] <= 1),
             ("POST p99", fast["p99"] < 50),
             ("slow-SMTP p99", slow["p99"] <= 1.2 * fast["p99"]),
             ("every channel's request path p99", every_paused["p99"] <= 1.2 * paused["p99"]),
