@@ -24,7 +24,7 @@ def status():
     cfg = current_app.config
     database = db.get_db()
     opens, closes = cfg["WORK_HOURS"]
-    month_ago = db.iso_utc(datetime.now(UTC) - timedelta(days=30))
+    month_ago = db.iso_utc(datetime.now(UTC) - outbox.rows.SKIPS_KEPT)
     return render_template(
         "admin/status.html",
         health=db.outbox.delivery_health(database),

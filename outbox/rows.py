@@ -24,11 +24,11 @@ from outbox.addresses import destinations, shown_url, target_key
 log = logging.getLogger("clinic.confirmation")
 
 UTM_FIELDS = ("utm_source", "utm_medium", "utm_campaign")
-# A campaign tag as ad platforms write them. Anything else is left off the link, so nobody can put
-# words of their choosing into the confirmation a stranger receives through a crafted ad link.
+# A campaign tag as ad platforms write them; anything else is left off the booking link.
 UTM_VALUE = re.compile(r"[A-Za-z0-9._+-]{1,64}")
 ONE_PER_ADDRESS = timedelta(days=1)
 ONE_HOUR = timedelta(hours=1)
+SKIPS_KEPT = timedelta(days=30)  # the hourly counts of skipped confirmations (Email status shows 30 days)
 GMAIL = {"gmail.com", "googlemail.com"}  # one mailbox under either name; Gmail ignores dots before the @
 # What a webhook event tells about a lead.
 LEAD_FIELDS = (
@@ -226,7 +226,7 @@ def confirmation_rows(database, lead: dict, config: dict, now: str) -> list[dict
         return []
     if db.outbox.count_confirmations_since(database, db.iso_utc(moment - ONE_HOUR)) >= config["AUTOREPLY_MAX_PER_HOUR"]:
         hour = moment.strftime("%Y-%m-%dT%H")
-        if db.outbox.add_skipped_confirmation(database, hour, db.iso_utc(moment - ONE_PER_ADDRESS * 30)):
+        if db.outbox.add_skipped_confirmation(database, hour, db.iso_utc(moment - SKIPS_KEPT)):
             log.warning(
                 "more than %s confirmations this hour (AUTOREPLY_MAX_PER_HOUR): the rest of the hour's are skipped",
                 config["AUTOREPLY_MAX_PER_HOUR"],
