@@ -19,11 +19,17 @@ from flask.cli import with_appcontext
 import db
 import db.housekeeping
 import offsite
+import progress
 
 log = logging.getLogger("clinic.backups")
 
 NAME = re.compile(r"leads-(\d{4}-\d{2}-\d{2}).*\.db")
 SERVER_LOCK = "server.lock"
+STEP_PAGES = 1024  # pages copied per step of a backup that shows its progress
+
+
+def megabytes(size: int) -> str:
+    return f"{size / 1e6:,.0f} MB"
 
 
 class BackupError(Exception):
@@ -41,20 +47,35 @@ def create_private(path: Path) -> None:
     os.chmod(path, 0o600)  # the process umask may have kept bits back; never added any
 
 
-def copy_database(source: str, target: Path) -> int:
+def copy_database(source: str, target: Path, every: float | None = None) -> int:
     """Copy the SQLite file `source` into the new file `target` and check the copy; return its leads.
 
-    SQLite's online backup API in one step reads a single snapshot, so the copy is consistent
-    while visitors keep writing (in WAL mode writers do not wait for it). Raise BackupError
-    when the source cannot be read, the copy fails PRAGMA integrity_check, or it is not this
-    site's database.
+    SQLite's online backup API copies inside one read transaction held for the whole copy, so the
+    copy is one snapshot while visitors keep writing (in WAL mode writers do not wait for it). With
+    `every`, it shows how far it is (see progress.shown). Raise BackupError when the source cannot
+    be read, the copy fails PRAGMA integrity_check, or it is not this site's database.
     """
     create_private(target)
     try:
-        src = sqlite3.connect(source, timeout=db.BUSY_TIMEOUT_MS / 1000)
+        src = sqlite3.connect(source, timeout=db.BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         dst = sqlite3.connect(target)
         try:
-            src.backup(dst)
+            # Copied a few MB per step, each step in the snapshot this transaction holds (a step outside
+            # one would start the copy again whenever a visitor wrote in between).
+            src.execute("BEGIN")
+            page_size, pages = (src.execute(f"PRAGMA {name}").fetchone()[0] for name in ("page_size", "page_count"))
+            shown = progress.shown("Copying the database", pages * page_size, every, megabytes) if every is not None else None
+            with shown or contextlib.nullcontext(lambda n: None) as advance:
+                left = [pages]
+
+                def copied(status: int, remaining: int, total: int) -> None:
+                    advance((left[0] - remaining) * page_size)
+                    left[0] = remaining
+
+                src.backup(dst, pages=STEP_PAGES, progress=copied)
+            src.execute("COMMIT")
+            if every is not None:
+                click.echo("Checking the copy (SQLite's integrity check)...")
             dst.execute("PRAGMA journal_mode = DELETE")  # one self-contained file, no -wal beside it
             problems = [row[0] for row in dst.execute("PRAGMA integrity_check")]
             if problems != ["ok"]:
@@ -79,7 +100,7 @@ def backup_name(now: datetime) -> str:
     return f"leads-{now.astimezone(UTC):%Y-%m-%dT%H%M%SZ}.db"
 
 
-def make_backup(config: dict, now: datetime, to: Path | None = None) -> dict:
+def make_backup(config: dict, now: datetime, to: Path | None = None, every: float | None = None) -> dict:
     """Back the database up to `to` or into $DATA_DIR/backups; return its path, size and number of leads.
 
     The copy is written beside its final name and renamed only once it passed the checks, so
@@ -100,7 +121,7 @@ def make_backup(config: dict, now: datetime, to: Path | None = None) -> dict:
     partial = to.with_name(f".{to.name}.partial")
     partial.unlink(missing_ok=True)
     try:
-        leads = copy_database(config["DATABASE"], partial)
+        leads = copy_database(config["DATABASE"], partial, every)
         os.replace(partial, to)
         return {"path": str(to), "size_bytes": to.stat().st_size, "leads": leads}
     except (BackupError, OSError) as error:
@@ -151,7 +172,7 @@ def server_stopped(config: dict) -> Iterator[None]:
         yield
 
 
-def restore(config: dict, source: Path, now: datetime) -> dict:
+def restore(config: dict, source: Path, now: datetime, every: float | None = None) -> dict:
     """Replace the database with the backup `source`, keeping the current one as a dated copy.
 
     Nothing changes unless `source` is a sound copy of this site's database and no server runs.
@@ -165,7 +186,7 @@ def restore(config: dict, source: Path, now: datetime) -> dict:
         incoming = database.with_name(f".{database.name}.restoring")
         incoming.unlink(missing_ok=True)
         try:
-            leads = copy_database(str(source), incoming)
+            leads = copy_database(str(source), incoming, every)
         except BackupError as error:
             raise BackupError(f"{source} cannot be restored: {error}. Nothing was changed.") from None
         kept = keep_aside(database, stamp) if database.exists() else None
@@ -216,10 +237,12 @@ def log_backup(database, result: dict | None, error: str | None, started: dateti
         )
 
 
-def backup_and_log(database, config: dict, now: datetime, actor: str, to: Path | None = None) -> dict:
+def backup_and_log(
+    database, config: dict, now: datetime, actor: str, to: Path | None = None, every: float | None = None
+) -> dict:
     """Make a backup, prune old ones when it went to $DATA_DIR/backups, and log it; raise BackupError on failure."""
     try:
-        result = make_backup(config, now, to)
+        result = make_backup(config, now, to, every)
     except BackupError as error:
         log_backup(database, None, str(error), now, actor)
         raise
@@ -242,9 +265,10 @@ def init_app(app: Flask) -> None:
 )
 @click.option("--list", "list_", is_flag=True, help="With --offsite: list the snapshots in the repository.")
 @click.option("--init", "init", is_flag=True, help="With --offsite: initialise the repository (once).")
+@progress.every_option
 @with_appcontext
-def backup_command(to: Path | None, to_offsite: bool, list_: bool, init: bool) -> None:
-    """Back the database up now (safe while the site runs); say where and how many leads it holds."""
+def backup_command(to: Path | None, to_offsite: bool, list_: bool, init: bool, every: float) -> None:
+    """Back the database up now (safe while the site runs), showing how far it is; say where and how many leads."""
     if to_offsite:
         if to:
             raise click.UsageError("--to and --offsite go to different places: choose one")
@@ -252,16 +276,17 @@ def backup_command(to: Path | None, to_offsite: bool, list_: bool, init: bool) -
         return
     if list_ or init:
         raise click.UsageError("--list and --init go with --offsite")
+    started = time.monotonic()
     database = db.connect(current_app.config["DATABASE"])
     try:
-        result = backup_and_log(database, current_app.config, datetime.now(UTC), "command line", to)
+        result = backup_and_log(database, current_app.config, datetime.now(UTC), "command line", to, every)
     except BackupError as error:
         raise click.ClickException(str(error)) from None
     finally:
         database.close()
     click.echo(
         f"Backup written to {result['path']}: {result['leads']} lead(s), "
-        f"{result['size_bytes'] / 1e6:.1f} MB, integrity check ok."
+        f"{result['size_bytes'] / 1e6:.1f} MB, integrity check ok, in {progress.took(time.monotonic() - started)}."
     )
 
 
@@ -301,22 +326,27 @@ def offsite_command(list_: bool, init: bool) -> None:
 @click.option(
     "--snapshot", "snapshot_id", default="latest", help="With --offsite: this snapshot instead of the latest."
 )
+@progress.every_option
 @with_appcontext
-def restore_command(path: Path | None, from_offsite: bool, snapshot_id: str) -> None:
+def restore_command(path: Path | None, from_offsite: bool, snapshot_id: str, every: float) -> None:
     """Replace the database with a backup (stop the server first); the current one is kept as a dated copy."""
     if bool(path) == from_offsite:
         raise click.UsageError("Give the backup file to restore, or --offsite (not both).")
     click.echo("The server must be stopped while a backup is restored.")
+    started = time.monotonic()
     try:
         if from_offsite:
             result = offsite.restore(current_app.config, snapshot_id, datetime.now(UTC))
             source = f"off-site snapshot {snapshot_id}"
         else:
-            result = restore(current_app.config, path, datetime.now(UTC))
+            result = restore(current_app.config, path, datetime.now(UTC), every)
             source = str(path)
     except (BackupError, offsite.OffsiteError) as error:
         raise click.ClickException(str(error)) from None
-    click.echo(f"Restored {result['leads']} lead(s) from {source} into {current_app.config['DATABASE']}.")
+    click.echo(
+        f"Restored {result['leads']} lead(s) from {source} into {current_app.config['DATABASE']} "
+        f"in {progress.took(time.monotonic() - started)}."
+    )
     if result["kept"]:
         click.echo(f"The previous database is kept as {result['kept']}.")
     click.echo("Start the server again (e.g. `sudo systemctl start clinic-site`).")

@@ -32,9 +32,10 @@ PURGE_BATCH = 100  # leads per transaction: a visitor's POST /contact waits for 
 PAUSE_SECONDS = 0.05
 
 
-def purge(database, config: dict, before: datetime, stop: threading.Event | None = None) -> dict:
+def purge(database, config: dict, before: datetime, stop: threading.Event | None = None, advance=None) -> dict:
     """Delete what is older than `before`: leads with their notes, emails and .eml files, then
-    finished emails and audit-log lines; return how many of each went.
+    finished emails and audit-log lines; return how many of each went. `advance(n)`, if given,
+    hears how many leads each batch deleted.
 
     Each batch is its own BEGIN IMMEDIATE transaction of normal DELETEs (so triggers fire), and
     the purge pauses after it (at least PAUSE_SECONDS, twice the batch's time on a slow day), so
@@ -54,6 +55,8 @@ def purge(database, config: dict, before: datetime, stop: threading.Event | None
             for message_id in message_ids:  # exactly the purged emails' files, whatever their age
                 outbox.email.eml_path(message_id, config).unlink(missing_ok=True)
             counts[kind] += count
+            if advance and kind == "leads":
+                advance(count)
             if count < PURGE_BATCH:
                 break
             time.sleep(max(PAUSE_SECONDS, 2 * (time.monotonic() - started)))
@@ -61,11 +64,11 @@ def purge(database, config: dict, before: datetime, stop: threading.Event | None
     return counts
 
 
-def purge_and_log(database, config: dict, now: datetime, days: int, actor: str, stop=None) -> dict:
+def purge_and_log(database, config: dict, now: datetime, days: int, actor: str, stop=None, advance=None) -> dict:
     """Purge what is older than `days` days, and log it (server log, housekeeping log, audit log)."""
     started = now
     try:
-        counts = purge(database, config, now - timedelta(days=days), stop)
+        counts = purge(database, config, now - timedelta(days=days), stop, advance)
     except sqlite3.Error as error:
         entry = {"job": "purge", "started_at": db.iso_utc(started), "finished_at": db.utcnow(), "ok": 0}
         db.housekeeping.log_housekeeping(database, {**entry, "detail": f"failed: {error}", "actor": actor})

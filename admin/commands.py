@@ -2,7 +2,8 @@
 
 import re
 import sys
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 
 import click
 from flask import current_app
@@ -11,7 +12,9 @@ from werkzeug.security import generate_password_hash
 
 import db
 import db.accounts
+import db.housekeeping
 import housekeeping
+import progress
 
 USERNAME = re.compile(r"[a-z0-9][a-z0-9._@-]{0,63}")
 PASSWORD_MIN = 12
@@ -53,17 +56,25 @@ def create_admin_command(username: str) -> None:
     default=None,
     help="Delete leads received more than DAYS days ago (default: LEAD_RETENTION_DAYS).",
 )
+@progress.every_option
 @with_appcontext
-def purge_leads_command(days: int | None) -> None:
-    """Delete old leads with their notes, emails and email files, in small batches, and say how many."""
+def purge_leads_command(days: int | None, every: float) -> None:
+    """Delete old leads with their notes, emails and email files, in small batches, showing how far it is."""
     days = days or current_app.config["LEAD_RETENTION_DAYS"]
     if not days:
         raise click.ClickException("LEAD_RETENTION_DAYS is 0 (keep every lead): give --older-than DAYS to purge.")
+    started, now = time.monotonic(), datetime.now(UTC)
     database = db.connect(current_app.config["DATABASE"])
     try:
-        counts = housekeeping.purge_and_log(database, current_app.config, datetime.now(UTC), days, "command line")
+        total = db.housekeeping.count_leads_before(database, db.iso_utc(now - timedelta(days=days)))
+        with progress.shown("Deleting leads", total, every) as advance:
+            counts = housekeeping.purge_and_log(database, current_app.config, now, days, "command line", None, advance)
     finally:
         database.close()
-    click.echo(f"Deleted {counts['leads']} lead(s) received more than {days} days ago, with their notes and emails.")
+    click.echo(
+        f"Deleted {counts['leads']} lead(s) received more than {days} days ago, with their notes and emails "
+        f"({counts['emails']} other finished email(s), {counts['audit']} audit line(s)), "
+        f"in {progress.took(time.monotonic() - started)}."
+    )
     if counts["kept"]:
         click.echo(f"Kept {counts['kept']} older lead(s) not yet delivered (an email, alert or webhook still waits).")

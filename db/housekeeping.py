@@ -47,6 +47,11 @@ UNDELIVERED = (
 )
 
 
+def count_leads_before(db: Database, before: str) -> int:
+    """How many leads were created before `before` and delivered (what a purge will delete)."""
+    return db.execute(f"SELECT count(*) FROM leads WHERE created_at < ? AND NOT {UNDELIVERED}", [before]).fetchone()[0]
+
+
 def purge_leads_batch(db: Database, before: str, limit: int) -> tuple[int, list[str]]:
     """Delete up to `limit` of the leads created before `before`, in one short write transaction.
 
