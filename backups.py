@@ -64,7 +64,8 @@ def copy_database(source: str, target: Path, every: float | None = None) -> int:
             # one would start the copy again whenever a visitor wrote in between).
             src.execute("BEGIN")
             page_size, pages = (src.execute(f"PRAGMA {name}").fetchone()[0] for name in ("page_size", "page_count"))
-            shown = progress.shown("Copying the database", pages * page_size, every, megabytes) if every is not None else None
+            size = pages * page_size
+            shown = progress.shown("Copying the database", size, every, megabytes) if every is not None else None
             with shown or contextlib.nullcontext(lambda n: None) as advance:
                 left = [pages]
 
