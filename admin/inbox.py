@@ -114,20 +114,34 @@ def inbox():
     filters = read_filters(request.args)
     database = db.get_db()
     args = query_args(filters)
+    status = filters["status"] or None
     counts = db.search.count_by_status(database, **args)
-    total = counts[filters["status"]] if filters["status"] else sum(n for s, n in counts.items() if s != "spam")
-    pages = max(1, math.ceil(total / PAGE_SIZE))
-    page = min(max(1, request.args.get("page", 1, type=int)), pages)
-    leads = list(
-        db.search.search_leads(
-            database, filters["status"] or None, **args, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
+    if None in counts.values():  # words found in very many leads: only this tab is counted, as far as the bound
+        counts["all"] = None
+        total = counts[status or "all"] = db.search.count_matches(database, filters["q"], status)
+    else:
+        counts["all"] = sum(counts.values()) - counts["spam"]
+        total = counts[status or "all"]
+    page = max(1, request.args.get("page", 1, type=int))
+    if total > db.search.COUNT_LIMIT:  # how many pages is not known: one lead more than a page says if there is a next
+        pages = None
+        leads = list(
+            db.search.search_leads(database, status, **args, limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE)
         )
-    )
+        older = len(leads) > PAGE_SIZE
+        del leads[PAGE_SIZE:]
+    else:
+        pages = max(1, math.ceil(total / PAGE_SIZE))
+        page = min(page, pages)
+        leads = list(db.search.search_leads(database, status, **args, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE))
+        older = page < pages
     return render_template(
         "admin/inbox.html",
         leads=leads,
         counts=counts,
+        count_limit=db.search.COUNT_LIMIT,
         total=total,
+        older=older,
         filters=filters,
         keep={k: filters[k] for k in ("q", "from", "to", "article") if filters[k]},
         current={k: v for k, v in filters.items() if v},
@@ -155,20 +169,16 @@ def export_csv():
         buffer = io.StringIO()
         writer = csv.writer(buffer)  # excel dialect: quotes as RFC 4180 asks, CRLF line ends
         writer.writerow([title for title, _ in CSV_COLUMNS])
-        yield "\ufeff" + buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate()
-        found = db.search.iter_leads_for_export(db.get_db(), filters["status"] or None, **query_args(filters))
-        for n, lead in enumerate(found, 1):
-            lead = {**lead, "created_at": datetime.fromisoformat(lead["created_at"]).astimezone(zone)}
-            lead["created_at"] = lead["created_at"].strftime("%Y-%m-%d %H:%M")
-            lead["status"] = db.leads.LEAD_STATUSES.get(lead["status"], lead["status"])
-            writer.writerow([csv_cell(lead[key]) for _, key in CSV_COLUMNS])
-            if n % 200 == 0:  # one write to the socket per 200 rows, not per row
-                yield buffer.getvalue()
-                buffer.seek(0)
-                buffer.truncate()
-        yield buffer.getvalue()
+        yield "\ufeff" + taken(buffer)
+        database = db.get_db()
+        offsets = utc_offsets(zone, db.search.first_lead_at(database), datetime.now(UTC))
+        columns = tuple(key for _, key in CSV_COLUMNS)
+        found = db.search.iter_leads_for_export(
+            database, filters["status"] or None, **query_args(filters), columns=columns, offsets=offsets
+        )
+        while chunk := found.fetchmany(500):  # one write to the socket per 500 rows, not per row
+            writer.writerows(chunk)
+            yield taken(buffer)
 
     name = f"leads-{datetime.now(zone):%Y-%m-%d}.csv"
     return Response(
@@ -176,6 +186,35 @@ def export_csv():
         mimetype="text/csv",
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
+
+
+def taken(buffer: io.StringIO) -> str:
+    """What `buffer` holds, leaving it empty."""
+    text = buffer.getvalue()
+    buffer.seek(0)
+    buffer.truncate()
+    return text
+
+
+def utc_offsets(zone, first: str | None, last: datetime) -> list[tuple[str, int]]:
+    """The UTC offset of `zone` in minutes from each change on, newest first, from `first` (stored UTC
+    text; None: `last` only) to `last`: [("2026-11-01T09:00:00+00:00", -480), ..., (first, -420)]."""
+
+    def offset(moment: datetime) -> int:
+        return int(moment.astimezone(zone).utcoffset().total_seconds() // 60)
+
+    moment = datetime.fromisoformat(first) if first else last
+    changes = [(db.iso_utc(moment), offset(moment))]
+    while moment < last:  # a day at a time, then to the minute where the offset changed
+        step = min(moment + timedelta(days=1), last)
+        if offset(step) != changes[-1][1]:
+            before, after = moment, step
+            while after - before > timedelta(minutes=1):
+                middle = before + (after - before) / 2
+                before, after = (middle, after) if offset(middle) == changes[-1][1] else (before, middle)
+            changes.append((db.iso_utc(after.replace(second=0, microsecond=0)), offset(after)))
+        moment = step
+    return changes[::-1]
 
 
 def csv_cell(value) -> str:

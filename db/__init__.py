@@ -114,6 +114,7 @@ def close_db(exc: BaseException | None = None) -> None:
     database = g.pop("db", None)
     if database is None:
         return
+    vars(database).pop("kept_newest_matches", None)  # a search's matches serve one request (db.search)
     if isinstance(exc, sqlite3.Error) or g.pop("db_failed", False):
         forget_thread_connection()
         return

@@ -1,6 +1,8 @@
 """The inbox filter: full-text search, date and page filters, counts per status and per period."""
 
+import json
 import re
+from collections import Counter
 from collections.abc import Iterator
 
 from sqlite_utils import Database
@@ -22,8 +24,10 @@ def like_pattern(text: str) -> str:
 
 
 WORD_CHARACTER = re.compile(r"[^\W_]")  # a letter or digit: what FTS5's unicode61 tokenizer keeps
-
 FTS_FEW_MATCHES = 2000  # up to this many matches, fetch them all and sort; above, walk the date index instead
+FTS_MANY_MATCHES = 10_000  # above this many, a page is looked for among the newest leads first (see search_leads)
+COUNT_LIMIT = 10_000  # a search matching more leads is counted only as far as "more than COUNT_LIMIT"
+FTS_NEWEST_IDS = 40_000  # a search first fetches its matches among this many newest ids (_newest_matches)
 
 
 def fts_query(q: str) -> str:
@@ -82,21 +86,67 @@ def _fts_matches(status: str | None) -> str:
     return f"SELECT rowid >> 3 FROM leads_fts WHERE leads_fts MATCH :fts AND rowid & 7 {code}"
 
 
+def _newest_matches(db: Database, fts: str) -> dict:
+    """The index rowids matching `fts` among the FTS_NEWEST_IDS newest lead ids: {"from": the lowest rowid
+    looked at, "rowids": a set, "codes": a Counter of their status codes, "counted": the counts _count_fts
+    made}; 0 as "from" means every lead.
+
+    Each query of a prefix ("migr"*) first merges the whole list of every word it matches, which for a
+    word in half of a million leads is most of a page's time: this one query serves the page's counts
+    and the page itself, and is kept on the connection for the rest of the request while the database
+    does not change.
+    """
+    version = (db.execute("PRAGMA data_version").fetchone()[0], db.conn.total_changes, fts)
+    kept = getattr(db, "kept_newest_matches", None)
+    if kept and kept[0] == version:
+        return kept[1]
+    top = db.execute("SELECT coalesce(max(id), 0) FROM leads").fetchone()[0]
+    lowest = max(0, top - FTS_NEWEST_IDS) * 8
+    sql = "SELECT rowid FROM leads_fts WHERE leads_fts MATCH ? AND rowid >= ?"
+    rowids = {row[0] for row in db.execute(sql, [fts, lowest])}
+    found = {"from": lowest, "rowids": rowids, "codes": Counter(rowid & 7 for rowid in rowids), "counted": {}}
+    db.kept_newest_matches = (version, found)
+    return found
+
+
+def _status_codes(status: str | None) -> set[int]:
+    """The index's status codes of `status` (None: all but spam; "any": every status)."""
+    if status == "any":
+        return set(range(8))
+    if status is None:
+        return set(range(8)) - {FTS_STATUS_CODES["spam"]}
+    return {FTS_STATUS_CODES.get(status, FTS_OTHER_STATUS)}
+
+
+def _count_fts(db: Database, params: dict, status: str | None, limit: int) -> int:
+    """How many leads in `status` (None: all but spam; "any": spam too) the search :fts matches, up to `limit` + 1."""
+    newest = _newest_matches(db, params["fts"])
+    among_newest = sum(n for code, n in newest["codes"].items() if code in _status_codes(status))
+    if among_newest > limit or newest["from"] == 0:
+        return min(among_newest, limit + 1)
+    if (status, limit) not in newest["counted"]:
+        matches = _fts_matches(status) if status != "any" else "SELECT rowid FROM leads_fts WHERE leads_fts MATCH :fts"
+        sql = f"SELECT count(*) AS n FROM ({matches} LIMIT {limit + 1})"  # stops counting there
+        newest["counted"][status, limit] = next(db.query(sql, params))["n"]
+    return newest["counted"][status, limit]
+
+
 def _inbox_where(
     db: Database, status: str | None, q: str, since: str | None, until: str | None, landing_page: str | None = None
-) -> tuple[str, dict]:
-    """The WHERE clause and parameters of the inbox filter; spam only when `status` is 'spam'."""
+) -> tuple[str, dict, int]:
+    """The WHERE clause and parameters of the inbox filter, spam only when `status` is 'spam'; and, for a
+    search, how many leads its words match (counted up to FTS_MANY_MATCHES + 1)."""
     clauses, params = _lead_filter(q, since, until, landing_page)
     params["status"] = status
+    matches = 0
     if "fts" in params:
-        few = f"SELECT count(*) AS n FROM ({_fts_matches(status)} LIMIT {FTS_FEW_MATCHES + 1})"  # stops counting there
-        matches = next(db.query(few, params))["n"]
+        matches = _count_fts(db, params, status, FTS_MANY_MATCHES)
         # Few matches: look each up and sort them. Many: walk the (status,) created_at index from the
         # newest and keep the matches, which finds a page without reading them all (+ forbids the lookup).
         lookup = "" if matches <= FTS_FEW_MATCHES else "+"
         clauses.append(f"{lookup}leads.id IN ({_fts_matches(status)})")
     clauses.append(_status_clause(status))
-    return " AND ".join(clauses), params
+    return " AND ".join(clauses), params, matches
 
 
 def search_leads(
@@ -110,13 +160,59 @@ def search_leads(
     landing_page: str | None = None,
 ) -> Iterator[dict]:
     """Leads matching the inbox filter, newest first, with their email's status; spam only when `status` is 'spam'."""
-    where, params = _inbox_where(db, status, q, since, until, landing_page)
+    where, params, matches = _inbox_where(db, status, q, since, until, landing_page)
     email_status = "(SELECT status FROM outbox WHERE lead_id = leads.id AND kind = 'lead' ORDER BY id DESC LIMIT 1)"
-    sql = f"SELECT *, {email_status} AS email_status FROM leads WHERE {where} ORDER BY created_at DESC, id DESC"
-    if limit is not None:
-        sql += " LIMIT :limit OFFSET :offset"
-        params.update(limit=limit, offset=offset)
-    return db.query(sql, params)
+    select = f"SELECT *, {email_status} AS email_status FROM leads"
+    order = "ORDER BY created_at DESC, id DESC"
+    if limit is None:
+        return db.query(f"{select} WHERE {where} {order}", params)
+    params.update(limit=limit, offset=offset)
+    if "fts" in params and not matches:
+        return iter(())
+    if matches > FTS_MANY_MATCHES:
+        return iter(_page_among_newest(db, select, order, status, params))
+    return db.query(f"{select} WHERE {where} {order} LIMIT :limit OFFSET :offset", params)
+
+
+def _page_among_newest(db: Database, select: str, order: str, status: str | None, params: dict) -> list[dict]:
+    """A page of the leads a search matching very many leads finds, looked for among the newest leads.
+
+    Collecting every match (hundreds of thousands for a word in half the leads) is what costs; here the
+    `window` newest leads of the filter are taken and kept if the index matched them, which the matches
+    among the newest ids (_newest_matches) tell, or else the index's matches whose ids lie between the
+    window's. The page is exact once the window holds it, or holds every lead of the filter; until then
+    the window grows.
+    """
+    clauses, _ = _lead_filter("", params.get("since"), params.get("until"), params.get("landing_page"))
+    where = " AND ".join([*clauses, _status_clause(status)])
+    newest = _newest_matches(db, params["fts"])
+    wanted, window = params["offset"] + params["limit"], 4 * (params["offset"] + params["limit"])
+    while True:
+        sql = f"SELECT id, status FROM leads WHERE {where} {order} LIMIT :window"
+        leads = db.execute(sql, {**params, "window": window})
+        leads = [(lead_id, lead_id * 8 + FTS_STATUS_CODES.get(s, FTS_OTHER_STATUS)) for lead_id, s in leads]
+        every = len(leads) < window  # the window holds every lead of the filter
+        if leads and min(leads)[0] * 8 < newest["from"]:  # older than the matches at hand: ask the index
+            page = _page_in_stretch(db, select, order, where, status, {**params, "window": window})
+            if len(page) == params["limit"] or every:
+                return page
+        else:
+            found = [lead_id for lead_id, rowid in leads if rowid in newest["rowids"]]
+            if len(found) >= wanted or every:
+                ids = json.dumps(found[params["offset"] : wanted])
+                return list(db.query(f"{select} WHERE id IN (SELECT value FROM json_each(:ids)) {order}", {"ids": ids}))
+        window *= 4
+
+
+def _page_in_stretch(db: Database, select: str, order: str, where: str, status: str | None, params: dict) -> list[dict]:
+    """The page among the `window` newest leads of the filter, from the index's matches between their ids."""
+    newest = f"SELECT id FROM leads WHERE {where} {order} LIMIT :window"
+    stretch = "rowid BETWEEN (SELECT min(id) FROM newest) * 8 AND (SELECT max(id) FROM newest) * 8 + 7"
+    sql = (
+        f"WITH newest AS MATERIALIZED ({newest}) {select} WHERE id IN (SELECT id FROM newest)"
+        f" AND id IN ({_fts_matches(status)} AND {stretch}) {order} LIMIT :limit OFFSET :offset"
+    )
+    return list(db.query(sql, params))
 
 
 def iter_leads_for_export(
@@ -126,19 +222,56 @@ def iter_leads_for_export(
     since: str | None = None,
     until: str | None = None,
     landing_page: str | None = None,
-) -> Iterator[dict]:
-    """Every lead matching the inbox filter, newest first, read one at a time as the caller goes."""
-    where, params = _inbox_where(db, status, q, since, until, landing_page)
-    return db.query(f"SELECT * FROM leads WHERE {where} ORDER BY created_at DESC, id DESC", params)
+    columns: tuple[str, ...] = ("*",),
+    offsets: list[tuple[str, int]] = (),
+) -> Iterator[tuple]:
+    """The `columns` of every lead the inbox filter shows, newest first, as tuples read as the caller goes.
+
+    With `offsets`, the clinic's UTC offset in minutes from each moment on, newest first (see
+    admin.inbox.utc_offsets), each row comes as a CSV's cells, made by SQLite so no Python runs per
+    row: created_at as "YYYY-MM-DD HH:MM" in the clinic's time, status as its label, and every other
+    text with a quote before a leading = + - @ tab or CR, so a spreadsheet shows it as text.
+    """
+    where, params, _ = _inbox_where(db, status, q, since, until, landing_page)
+    if offsets:
+        shifts = " ".join(f"WHEN created_at >= :since{n} THEN :shift{n}" for n in range(len(offsets) - 1))
+        for n, (moment, minutes) in enumerate(offsets):
+            params.update({f"since{n}": moment, f"shift{n}": f"{minutes:+d} minutes"})
+        labels = " ".join(f"WHEN '{value}' THEN '{label}'" for value, label in LEAD_STATUSES.items())
+        starts = ", ".join(str(ord(ch)) for ch in "=+-@\t\r")
+        shift = f"CASE {shifts} ELSE :shift{len(offsets) - 1} END" if shifts else ":shift0"
+        cells = {
+            "id": "id",
+            "created_at": f"strftime('%Y-%m-%d %H:%M', created_at, {shift})",
+            "status": f"CASE status {labels} ELSE status END",
+        }
+        defused = "CASE WHEN unicode({0}) IN ({1}) THEN '''' || {0} ELSE coalesce({0}, '') END"
+        columns = tuple(cells.get(column) or defused.format(column, starts) for column in columns)
+    return db.execute(f"SELECT {', '.join(columns)} FROM leads WHERE {where} ORDER BY created_at DESC, id DESC", params)
+
+
+def first_lead_at(db: Database) -> str | None:
+    """When the oldest lead came (the stored UTC text), or None without leads."""
+    return db.execute("SELECT min(created_at) FROM leads").fetchone()[0]
 
 
 def count_by_status(
     db: Database, q: str = "", since: str | None = None, until: str | None = None, landing_page: str | None = None
-) -> dict[str, int]:
-    """How many leads match the search in each status."""
+) -> dict[str, int | None]:
+    """How many leads match the search in each status.
+
+    A search alone whose words match more than COUNT_LIMIT leads is not counted (counting them all
+    would read hundreds of thousands of index entries): every status is None, and count_matches
+    counts one status as far as COUNT_LIMIT.
+    """
     counts = dict.fromkeys(LEAD_STATUSES, 0)
     clauses, params = _lead_filter(q, since, until, landing_page)
     statuses = "status IN (" + ", ".join(f"'{status}'" for status in LEAD_STATUSES) + ")"
+    if "fts" in params and not clauses:
+        if _count_fts(db, params, "any", COUNT_LIMIT) > COUNT_LIMIT:
+            return dict.fromkeys(LEAD_STATUSES)
+        if (newest := _newest_matches(db, params["fts"]))["from"] == 0:  # the newest are every lead
+            return counts | {status: newest["codes"][code] for status, code in FTS_STATUS_CODES.items()}
     if not q and not clauses:
         rows = db.query("SELECT status, n FROM lead_counts")
     elif not clauses:  # a search alone: the status is in each match's rowid
@@ -159,6 +292,11 @@ def count_by_status(
         if row["status"] in counts:
             counts[row["status"]] = row["n"]
     return counts
+
+
+def count_matches(db: Database, q: str, status: str | None = None) -> int:
+    """How many leads in `status` (None: all but spam) the words of `q` match, counted up to COUNT_LIMIT + 1."""
+    return _count_fts(db, {"fts": fts_query(q)}, status, COUNT_LIMIT)
 
 
 def leads_per_period(db: Database, bounds: list[str]) -> list[int]:

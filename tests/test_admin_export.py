@@ -168,3 +168,23 @@ def test_this_month_link_exports_the_month(app, owner):
     csv_link = re.search(r'href="(/admin/leads\.csv[^"]*)"', page).group(1).replace("&amp;", "&")
     text = owner.get(csv_link).get_data().decode("utf-8-sig")
     assert [row["name"] for row in csv.DictReader(io.StringIO(text, newline=""))] == ["First thing"]
+
+
+def test_received_is_the_clinic_time_on_both_sides_of_each_clock_change(app, owner):
+    zone = ZoneInfo(app.config["CLINIC_TIMEZONE"])
+    moments = [
+        datetime(2019, 6, 1, 12, 0, tzinfo=UTC),
+        datetime(2026, 3, 8, 9, 59, tzinfo=UTC),  # 01:59 PST, then the clocks jump to 03:00
+        datetime(2026, 3, 8, 10, 0, tzinfo=UTC),
+        datetime(2026, 11, 1, 8, 59, tzinfo=UTC),  # 01:59 PDT, then 01:00 again
+        datetime(2026, 11, 1, 9, 0, tzinfo=UTC),
+        datetime.now(UTC) - timedelta(minutes=1),
+    ]
+    for moment in moments:
+        add_lead(app, moment, name=f"At {moment:%Y-%m-%d %H:%M}")
+    table = list(csv.reader(io.StringIO(owner.get("/admin/leads.csv").get_data(as_text=True).lstrip("\ufeff"))))
+    received = {row[3]: row[1] for row in table[1:]}
+    assert received == {f"At {m:%Y-%m-%d %H:%M}": f"{m.astimezone(zone):%Y-%m-%d %H:%M}" for m in moments}
+    assert (
+        received["At 2026-03-08 10:00"] == "2026-03-08 03:00" and received["At 2026-11-01 09:00"] == "2026-11-01 01:00"
+    )

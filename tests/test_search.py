@@ -2,6 +2,7 @@
 
 import re
 import sqlite3
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import csrf_token, rows
@@ -19,7 +20,7 @@ def add_leads(path: str, *leads: dict) -> None:
     for i, lead in enumerate(leads):
         row = {"form_id": f"f{i}", "phone": "", "email": "", "message": "", "is_spam": 0, **lead}
         with db.write(database):
-            db.leads.add_lead(database, row, f"2026-01-01T10:{i:02d}:00+00:00")
+            db.leads.add_lead(database, row, db.iso_utc(datetime(2026, 1, 1, 10, tzinfo=UTC) + timedelta(minutes=i)))
     database.close()
 
 
@@ -212,3 +213,64 @@ def test_fts_query_quotes_every_word():
         for q in ['"', "a AND", "OR OR", "NEAR(a b, 2)", "x:y", "(a", "a)", "^a", "a*b", "*", "-a", "a - b", "'"]:
             if db.search.fts_query(q):
                 conn.execute("SELECT * FROM t WHERE t MATCH ?", [db.search.fts_query(q)]).fetchall()
+
+
+@pytest.fixture(params=[12, 1000])
+def small_bound(request, monkeypatch):
+    """A bound of 5 instead of 10,000, so a few leads show what a million would; the matches fetched first
+    among the 12 newest ids (a page is then found past them) or among all of them."""
+    monkeypatch.setattr(db.search, "COUNT_LIMIT", 5)
+    monkeypatch.setattr(db.search, "FTS_MANY_MATCHES", 5)
+    monkeypatch.setattr(db.search, "FTS_FEW_MATCHES", 2)
+    monkeypatch.setattr(db.search, "FTS_NEWEST_IDS", request.param)
+
+
+def page_names(client, **query) -> tuple[list[str], str]:
+    page = client.get("/admin", query_string=query).get_data(as_text=True)
+    return re.findall(r'class="lead-name" href="/admin/leads/\d+">([^<]*)</a>', page), page
+
+
+@pytest.mark.parametrize("status", [None, "booked"])
+def test_a_search_matching_more_than_the_bound_says_so_and_pages_newest_first(app, owner, small_bound, status):
+    # 120 leads, oldest first; "migraine" in two of every three, "booked" every other one, spam every fifth.
+    leads = [
+        {"name": f"Lead {i}", "message": "migraine and pain" if i % 3 else "back pain", "is_spam": int(i % 5 == 0)}
+        for i in range(120)
+    ]
+    add_leads(app.config["DATABASE"], *leads)
+    database = db.connect(app.config["DATABASE"])
+    for lead_id in range(2, 121, 2):
+        if lead_id % 5 != 1:  # not spam
+            db.leads.set_status(database, lead_id, "booked", db.utcnow())
+    database.close()
+    shown = [f"Lead {i}" for i in reversed(range(120)) if i % 3 and i % 5 and (status is None or (i + 1) % 2 == 0)]
+    assert len(shown) > 25
+    first, html = page_names(owner, q="migr", **({"status": status} if status else {}))
+    assert first == shown[:25]
+    summary = re.search(r'<p class="summary">([^<]*)<a', html)[1]
+    assert summary.startswith("More than 5 requests") and "matching “migr”" in summary
+    current = re.search(r'aria-current="page">([^<]*)<span class="count">([^<]*)</span>', html)
+    assert current[2] == "5+"
+    assert "Page 1</span>" in html and 'rel="next">Older</a>' in html
+    second, html = page_names(owner, q="migr", page=2, **({"status": status} if status else {}))
+    assert second == shown[25:50]
+    assert 'rel="prev">Newer</a>' in html
+
+
+def test_a_narrower_search_is_counted_exactly(app, owner, small_bound):
+    add_leads(
+        app.config["DATABASE"], *({"name": f"Lead {i}", "message": "shoulder" if i < 4 else "knee"} for i in range(30))
+    )
+    names_found, html = page_names(owner, q="shoulder")
+    assert names_found == ["Lead 3", "Lead 2", "Lead 1", "Lead 0"]
+    assert re.search(r'<p class="summary">4 requests matching “shoulder”', html)
+    assert re.search(r'All <span class="count">4</span>', html)
+    assert re.search(r'New <span class="count">4</span>', html)
+    assert re.search(r'Booked <span class="count">0</span>', html)
+    assert "Page 1 of" not in html and "Older" not in html
+    with db.connect(app.config["DATABASE"]) as database:
+        assert db.search.count_by_status(database, q="knee")["new"] is None  # 26: past the bound of 5
+        assert (
+            db.search.count_by_status(database, q="knee", since="2026-01-01")["new"] == 26
+        )  # with a date: always exact
+        assert db.search.count_matches(database, "knee") == 6  # counted as far as the bound
