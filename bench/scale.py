@@ -96,6 +96,12 @@ SPAM = [
     "Get more patients with our lead generation service",
     "Buy followers and reviews for your business at a discount",
 ]
+# A clinic's everyday words: each message of the "everyday" leads is 12 of them, drawn with replacement,
+# so each word is in 1 - (19/20)^12, about 46 %, of the leads (as "appointment" or "pain" are in a real inbox).
+EVERYDAY = (
+    "migraine pain appointment back neck sleep stress insurance week call morning help visit first session "
+    "headache shoulder knee tired relief"
+).split()
 TIMES = ["morning", "afternoon", "evening", "any", ""]
 SOURCES = [("", "", ""), ("google", "cpc", "spring"), ("facebook", "social", "immune"), ("newsletter", "email", "")]
 AGENT = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148 Safari/604.1"
@@ -105,8 +111,11 @@ def stamp(moment: datetime) -> str:
     return moment.isoformat(timespec="seconds")
 
 
-def generated_leads(count: int, now: datetime, rnd: random.Random):
-    """Lead rows over the ten years before `now`, oldest first, 30 % of them spam."""
+def generated_leads(count: int, now: datetime, rnd: random.Random, everyday: bool = False):
+    """Lead rows over the ten years before `now`, oldest first, 30 % of them spam.
+
+    With `everyday`, every message (spam too) is 12 words from EVERYDAY, so one word is in about 46 % of leads.
+    """
     span = 3650 * 86400
     offsets = sorted((rnd.random() * span for _ in range(count)), reverse=True)
     for n, seconds in enumerate(offsets):
@@ -117,6 +126,9 @@ def generated_leads(count: int, now: datetime, rnd: random.Random):
             message, status = rnd.choice(SPAM), "spam"
         else:
             message = f"{rnd.choice(OPENERS)} {rnd.choice(CONDITIONS)} {rnd.choice(SPANS)}. {rnd.choice(ASKS)}"
+        if everyday:
+            message = " ".join(rnd.choices(EVERYDAY, k=12)).capitalize() + "."
+        if not spam:
             if seconds < 3 * 86400:
                 status = rnd.choice(["new", "new", "contacted"])
             else:
@@ -144,7 +156,7 @@ def generated_leads(count: int, now: datetime, rnd: random.Random):
         )
 
 
-def build(path: Path, count: int, seed: int = 13) -> None:
+def build(path: Path, count: int, everyday: bool = False, seed: int = 13) -> None:
     """Create the schema with the site's migrations, then add `count` leads, some notes and emails, at once."""
     db.migrate(str(path))
     rnd = random.Random(seed)
@@ -158,7 +170,7 @@ def build(path: Path, count: int, seed: int = 13) -> None:
         """INSERT INTO leads (form_id, created_at, updated_at, name, email, phone, preferred_time, message, status,
         is_spam, spam_reason, utm_source, utm_medium, utm_campaign, referrer, user_agent)
         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-        generated_leads(count, now, rnd),
+        generated_leads(count, now, rnd, everyday),
     )
     # Notes on one real lead in ten, a delivered notification for one in five.
     conn.execute(
@@ -179,16 +191,17 @@ def build(path: Path, count: int, seed: int = 13) -> None:
     path.with_name(path.name + ".migrate-lock").unlink(missing_ok=True)
 
 
-def cached_build(count: int) -> Path:
+def cached_build(count: int, everyday: bool = False) -> Path:
     """A pristine database of `count` leads, built once per schema and kept in the temporary folder."""
     made_by = [m.fn for m in db.migrations.clinic._migrations] + [generated_leads]
     schema = hashlib.sha256("".join(inspect.getsource(fn) for fn in made_by).encode()).hexdigest()[:12]
-    path = Path(tempfile.gettempdir()) / f"clinic-scale-{count}-{schema}.db"
+    kind = "-everyday" if everyday else ""
+    path = Path(tempfile.gettempdir()) / f"clinic-scale-{count}{kind}-{schema}.db"
     if not path.exists():
         started = time.monotonic()
         partial = path.with_suffix(".partial")
         partial.unlink(missing_ok=True)
-        build(partial, count)
+        build(partial, count, everyday)
         partial.rename(path)
         print(f"  built {count:,} leads in {time.monotonic() - started:.0f} s ({path})", flush=True)
     return path
