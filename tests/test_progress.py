@@ -14,6 +14,7 @@ from test_housekeeping import add_old_and_recent
 
 import backups
 import db
+import db.leads
 import housekeeping
 
 PROGRESS_LINE = re.compile(
@@ -51,7 +52,7 @@ def test_backup_and_restore_say_how_far_the_copy_is_and_how_long_they_took(app, 
     database = db.connect(app.config["DATABASE"])
     with db.write(database):  # about 6 MB, so the copy takes a few steps
         for i in range(600):
-            db.add_lead(
+            db.leads.add_lead(
                 database, {"form_id": f"f{i}", "name": f"Big {i}", "message": "x" * 10_000, "is_spam": 0}, db.utcnow()
             )
     database.close()
