@@ -151,7 +151,15 @@ def main() -> None:
         "LOGIN_RATE_LIMIT": "1000 per minute",
     }
     owner = [FLASK, "--app", "app", "create-admin", "owner"]
-    subprocess.run(owner, input=f"{PASSWORD}\n" * 2, text=True, env={**os.environ, **env}, cwd=ROOT, check=True)
+    subprocess.run(
+        owner,
+        input=f"{PASSWORD}\n" * 2,
+        text=True,
+        env={**os.environ, **env},
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     server = Server("app:create_app()", env)
     try:
         with sync_playwright() as playwright:
