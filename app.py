@@ -27,6 +27,7 @@ from werkzeug.serving import is_running_from_reloader
 
 import admin
 import articles
+import backup_commands
 import backups
 import config
 import db
@@ -36,6 +37,7 @@ import form_pages
 import housekeeping
 import languages
 import offsite
+import outbox.addresses
 import outbox.rows
 import outbox.sender
 import readiness
@@ -68,7 +70,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     register_error_pages(app)
     serving.init_app(app)
     outbox.sender.init_app(app)
-    backups.init_app(app)
+    backup_commands.init_app(app)
     readiness.init_app(app)
     weekly_report.init_app(app)
     return app
@@ -150,6 +152,7 @@ def register_templates(app: Flask) -> None:
         articles=app.extensions["articles"],
         article=app.extensions["articles"][0],
         static_url=static_url,
+        channel_labels=outbox.addresses.CHANNEL_LABELS,
     )
     app.context_processor(page_language)
     app.jinja_env.filters["clinic_time"] = lambda iso: format_local(iso, zone)

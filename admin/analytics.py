@@ -13,7 +13,7 @@ import db
 import db.visits
 import languages
 import visits
-from admin import bp, clinic_zone
+from admin.blueprint import bp, clinic_zone
 from admin.inbox import csv_cell, read_filters
 
 CSV_COLUMNS = [

@@ -23,7 +23,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 import db
 import db.accounts
-from admin import audit, bp, log
+from admin.blueprint import audit, bp, log
 from admin.devices import browser_name, known_device, remember_device
 from extensions import client_address, limiter
 from forms import LoginForm

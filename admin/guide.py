@@ -7,7 +7,7 @@ from flask import render_template, send_from_directory, url_for
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
-from admin import bp
+from admin.blueprint import bp
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "owner-guide.md"
 IMAGES = GUIDE.parent / "images"

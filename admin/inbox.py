@@ -15,7 +15,7 @@ import db.outbox
 import db.search
 import housekeeping
 import offsite
-from admin import audit, bp, clinic_zone
+from admin.blueprint import audit, bp, clinic_zone
 
 PAGE_SIZE = 25
 # Full-width forms too: some spreadsheets read "＝1+1" as a formula.

@@ -10,7 +10,7 @@ import db.outbox
 import outbox.email
 import outbox.rows
 import outbox.sender
-from admin import audit, bp, log
+from admin.blueprint import audit, bp, log
 from forms import LeadUpdateForm
 
 

@@ -14,8 +14,8 @@ import offsite
 import outbox.addresses
 import outbox.rows
 import outbox.sender
-from admin import audit, bp
 from admin.auth import live_sessions
+from admin.blueprint import audit, bp
 
 
 @bp.get("/status")

@@ -2,7 +2,7 @@
 
 from sqlite_utils import Database
 
-from db import write
+from db import insert_row, write
 
 # A random token per account, written into each device cookie it issues: a cookie counts only while its
 # token is the account's current one. Rotating it (sign out everywhere, a new password) revokes every
@@ -31,11 +31,8 @@ def set_password(db: Database, username: str, password_hash: str, now: str) -> b
     with write(db):
         account = get_account(db, username)
         if account is None:
-            account_id = (
-                db.table("accounts")
-                .insert({"username": username, "password_hash": password_hash, "created_at": now, "updated_at": now})
-                .last_pk
-            )
+            new = {"username": username, "password_hash": password_hash, "created_at": now, "updated_at": now}
+            account_id = insert_row(db, "accounts", new)
             revoke_devices(db, account_id)
             return True
         db.execute(
@@ -49,7 +46,9 @@ def set_password(db: Database, username: str, password_hash: str, now: str) -> b
 def start_session(db: Database, session_hash: str, account_id: int, address: str, browser: str, now: str) -> None:
     """Record a new signed-in session under the hash of its id, with the browser's short name."""
     with write(db):
-        db.table("admin_sessions").insert(
+        insert_row(
+            db,
+            "admin_sessions",
             {
                 "id": session_hash,
                 "account_id": account_id,
@@ -57,7 +56,7 @@ def start_session(db: Database, session_hash: str, account_id: int, address: str
                 "last_seen_at": now,
                 "address": address,
                 "browser": browser,
-            }
+            },
         )
 
 
@@ -129,8 +128,7 @@ def add_sign_in_attempt(db: Database, limits: dict[str, int], since: str, now: s
             ]
             if len(failures) >= limit:
                 return [], failures[-limit]
-        table = db.table("login_failures")
-        return [table.insert({"key": key, "at": now}).last_pk for key in limits], None
+        return [insert_row(db, "login_failures", {"key": key, "at": now}) for key in limits], None
 
 
 def forget_sign_in_attempt(db: Database, attempt_ids: list[int]) -> None:
@@ -150,9 +148,8 @@ def audit(
 ) -> None:
     """Append one line to the audit log: who did what, when, from where."""
     with write(db):
-        db.table("audit_log").insert(
-            {"at": now, "actor": actor, "action": action, "lead_id": lead_id, "detail": detail, "address": address}
-        )
+        line = {"at": now, "actor": actor, "action": action, "lead_id": lead_id, "detail": detail, "address": address}
+        insert_row(db, "audit_log", line)
 
 
 def recent_audit(db: Database, limit: int = 100) -> list[dict]:

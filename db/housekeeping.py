@@ -2,7 +2,7 @@
 
 from sqlite_utils import Database
 
-from db import write
+from db import insert_row, write
 from db.outbox import enqueue
 
 
@@ -31,7 +31,7 @@ def housekeeping_due_at(db: Database, job: str) -> str | None:
 def log_housekeeping(db: Database, entry: dict) -> None:
     """Keep the outcome of one backup or purge (job, started_at, finished_at, ok, detail ...)."""
     with write(db):
-        db.table("housekeeping_log").insert(entry)
+        insert_row(db, "housekeeping_log", entry)
 
 
 def last_housekeeping(db: Database, job: str, ok_only: bool = False) -> dict | None:

@@ -62,7 +62,7 @@ def set_status(db: Database, lead_id: int, status: str, now: str, queue: list[di
 def add_note(db: Database, lead_id: int, author: str, body: str, now: str, queue: list[dict] = ()) -> None:
     """Append a note to a lead and queue the outbox rows in `queue` with it."""
     with write(db):
-        db.table("notes").insert({"lead_id": lead_id, "at": now, "author": author, "body": body})
+        insert_row(db, "notes", {"lead_id": lead_id, "at": now, "author": author, "body": body})
         db.execute("UPDATE leads SET updated_at = ? WHERE id = ?", [now, lead_id])
         for row in queue:
             enqueue(db, row, now)
