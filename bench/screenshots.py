@@ -83,9 +83,10 @@ def made_up_database(path: Path, now: datetime) -> None:
         for source, medium, campaign in SOURCES:
             visitors = rnd.randint(4, 30) if source else rnd.randint(2, 12)
             conn.execute(
-                "INSERT INTO visit_counts (day, page, source, medium, campaign, page_views, visitors)"
-                " VALUES (?, '/', ?, ?, ?, ?, ?)",
-                [date, source or "direct", medium, campaign, visitors + rnd.randint(0, visitors), visitors],
+                "INSERT INTO visit_counts (day, page, source, medium, campaign, page_views, visitors, calls)"
+                " VALUES (?, '/', ?, ?, ?, ?, ?, ?)",
+                [date, source or "direct", medium, campaign, visitors + rnd.randint(0, visitors), visitors]
+                + [rnd.randint(0, visitors // 8)],
             )
     conn.execute("COMMIT")
     conn.close()
@@ -177,7 +178,11 @@ def take(browser, url: str) -> None:
     visitor = phone.new_page()
     visitor.goto(url + "/")
     shoot(visitor, "landing-phone", height=600)
-    queries = ["?utm_source=google&utm_medium=cpc&utm_campaign=spring", "", "?utm_source=facebook"]
+    queries = [
+        "?utm_source=google&utm_medium=cpc&utm_campaign=spring",
+        "",
+        "?utm_source=facebook&utm_medium=social&utm_campaign=immune",
+    ]
     for person, query in zip(PEOPLE[:3], queries, strict=True):
         post_request(visitor, url, person, query)
     phone.close()
