@@ -104,7 +104,15 @@ def _newest_matches(db: Database, fts: str) -> dict:
     lowest = max(0, top - FTS_NEWEST_IDS) * 8
     sql = "SELECT rowid FROM leads_fts WHERE leads_fts MATCH ? AND rowid >= ?"
     rowids = {row[0] for row in db.execute(sql, [fts, lowest])}
-    found = {"from": lowest, "rowids": rowids, "codes": Counter(rowid & 7 for rowid in rowids), "counted": {}}
+    counted = {}
+    if lowest and len(rowids) <= COUNT_LIMIT:  # perhaps few in all: then one more query holds every match
+        every = "SELECT rowid FROM leads_fts WHERE leads_fts MATCH ? LIMIT ?"
+        matches = {row[0] for row in db.execute(every, [fts, COUNT_LIMIT + 1])}
+        if len(matches) <= COUNT_LIMIT:
+            lowest, rowids = 0, matches
+        else:
+            counted["any", COUNT_LIMIT] = COUNT_LIMIT + 1
+    found = {"from": lowest, "rowids": rowids, "codes": Counter(rowid & 7 for rowid in rowids), "counted": counted}
     db.kept_newest_matches = (version, found)
     return found
 
