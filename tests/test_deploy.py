@@ -9,10 +9,13 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import sqlite3
 import ssl
 import stat
+import struct
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -356,3 +359,50 @@ def test_mozilla_http_observatory_grades_the_deploy_a_plus(tmp_path):
     failed = {name: test["result"] for name, test in report["tests"].items() if not test["pass"]}
     assert (report["scan"]["grade"], failed) == ("A+", {}), report["scan"]
     assert report["scan"]["score"] >= 100
+
+
+def test_an_error_line_keeps_only_the_network_of_a_visitor_who_hung_up(tmp_path):
+    """A visitor who closes the connection mid-answer makes Caddy log "write tcp ...->ADDRESS:PORT: broken pipe"."""
+    (tmp_path / "big.bin").write_bytes(os.urandom(20_000_000))  # far more than the socket buffers hold
+    upstream_port, caddy_port = free_port(), free_port()
+    upstream = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(upstream_port), "--bind", "127.0.0.1", "--directory", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    shipped = (DEPLOY / "Caddyfile").read_text()
+    config = (
+        shipped.replace("\n{\n", f"\n{{\n\tadmin off\n\tstorage file_system {tmp_path / 'caddy'}\n", 1)
+        .replace("{$SITE_URL} {", f"http://127.0.0.1:{caddy_port} {{")
+        .replace("reverse_proxy 127.0.0.1:{$PORT:8000}", f"reverse_proxy 127.0.0.1:{upstream_port}")
+    )
+    (tmp_path / "Caddyfile").write_text(config)
+    log = tmp_path / "caddy.log"
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)}
+    caddy = start(["caddy", "run", "--config", str(tmp_path / "Caddyfile"), "--adapter", "caddyfile"], env, log)
+    try:
+        wait_for(lambda: socket_answers(upstream_port) and socket_answers(caddy_port), "caddy", caddy, log)
+        deadline = time.monotonic() + 20
+        while "write tcp" not in log.read_text() and time.monotonic() < deadline:  # not "context canceled" only
+            with socket.socket() as visitor:
+                visitor.bind(("127.0.0.77", 0))
+                visitor.connect(("127.0.0.1", caddy_port))
+                visitor.sendall(f"GET /big.bin HTTP/1.1\r\nHost: 127.0.0.1:{caddy_port}\r\n\r\n".encode())
+                visitor.recv(100)
+                visitor.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # hang up hard
+            time.sleep(0.2)
+        text = log.read_text()
+        assert "write tcp" in text  # the error line this is about was written
+        assert "127.0.0.77" not in text
+        assert "->127.0.0: write" in text  # its network is still there, for telling a flood from one visitor
+    finally:
+        caddy.terminate()
+        upstream.terminate()
+        caddy.wait(10)
+        upstream.wait(10)
+
+
+def socket_answers(port: int) -> bool:
+    """True once something accepts connections on the loopback `port`."""
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
