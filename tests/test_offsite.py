@@ -410,8 +410,9 @@ def test_loss_drill_killed_5_s_after_a_lead_loses_only_the_last_delay(serve, rep
 
 def test_the_daily_prune_keeps_hourly_then_daily_snapshots_and_nothing_older(offsite_app, tmp_path):
     cfg = offsite_app.config
+    cfg["OFFSITE_KEEP_DAYS"] = 10  # a 12-day-old snapshot is past it, though within the default 30
     now = datetime.now(UTC)
-    ages = {"forgotten": timedelta(days=40), "older the same day": timedelta(days=3, minutes=1)}
+    ages = {"forgotten": timedelta(days=12), "older the same day": timedelta(days=3, minutes=1)}
     ages |= {"daily": timedelta(days=3), "hourly": timedelta(hours=30), "now": timedelta(0)}
     lead_id = None
     for name, age in ages.items():
