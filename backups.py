@@ -216,10 +216,10 @@ def keep_aside(database: Path, stamp: str) -> Path:
         return kept
 
 
-def log_backup(database, result: dict | None, error: str | None, started: datetime, actor: str) -> None:
-    """Record a backup's outcome in the housekeeping log (for the status page, the banner and `check`)."""
+def log_job(database, job: str, started: datetime, actor: str, result: dict | None, error: str | None) -> None:
+    """Record one backup, off-site snapshot or prune in the housekeeping log (the status page, banners, `check`)."""
     entry = {
-        "job": "backup",
+        "job": job,
         "started_at": db.iso_utc(started),
         "finished_at": db.utcnow(),
         "ok": int(error is None),
@@ -229,9 +229,9 @@ def log_backup(database, result: dict | None, error: str | None, started: dateti
     try:
         db.housekeeping.log_housekeeping(database, {**entry, **(result or {})})
     except sqlite3.OperationalError as failure:  # e.g. writers held the lock past the busy timeout
-        # The backup itself stands; only the status page will not list it.
+        # The job's work stands; only the status page will not list it.
         log.warning(
-            "backup %s: could not record it in the housekeeping log: %s", "made" if error is None else "failed", failure
+            "%s %s: could not record it in the housekeeping log: %s", job, error and "failed" or "done", failure
         )
 
 
@@ -242,9 +242,9 @@ def backup_and_log(
     try:
         result = make_backup(config, now, to, every)
     except BackupError as error:
-        log_backup(database, None, str(error), now, actor)
+        log_job(database, "backup", now, actor, None, str(error))
         raise
-    log_backup(database, result, None, now, actor)
+    log_job(database, "backup", now, actor, result, None)
     if to is None:
         prune_backups(config, now.astimezone(UTC).date())
     return result

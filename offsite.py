@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import socket
-import sqlite3
 import subprocess
 import threading
 from datetime import UTC, datetime, timedelta
@@ -216,30 +215,14 @@ def restore(config: dict, snapshot_id: str, now: datetime) -> dict:
         incoming.unlink(missing_ok=True)
 
 
-def log_run(database, job: str, started: datetime, actor: str, result: dict | None, error: str | None) -> None:
-    """Record one snapshot or prune in the housekeeping log (for the status page, the banner and `check`)."""
-    entry = {
-        "job": job,
-        "started_at": db.iso_utc(started),
-        "finished_at": db.utcnow(),
-        "ok": int(error is None),
-        "detail": error,
-        "actor": actor,
-    }
-    try:
-        db.housekeeping.log_housekeeping(database, {**entry, **(result or {})})
-    except sqlite3.OperationalError as failure:  # the upload stands; only the status page misses it
-        log.warning("off-site %s: could not record it in the housekeeping log: %s", job, failure)
-
-
 def snapshot_and_log(database, config: dict, now: datetime, actor: str) -> dict:
     """Take a snapshot and log it; raise OffsiteError on failure."""
     try:
         result = snapshot(config)
     except OffsiteError as error:
-        log_run(database, JOB, now, actor, None, str(error))
+        backups.log_job(database, JOB, now, actor, None, str(error))
         raise
-    log_run(database, JOB, now, actor, result, None)
+    backups.log_job(database, JOB, now, actor, result, None)
     return result
 
 
@@ -271,9 +254,9 @@ def run_due(database, config: dict, now: datetime, who: str) -> bool:
     if db.housekeeping.claim_housekeeping(database, PRUNE_JOB, db.iso_utc(now), db.iso_utc(now + EVERY), who):
         try:
             forget(config)
-            log_run(database, PRUNE_JOB, now, "housekeeping", None, None)
+            backups.log_job(database, PRUNE_JOB, now, "housekeeping", None, None)
         except OffsiteError as error:
-            log_run(database, PRUNE_JOB, now, "housekeeping", None, str(error))
+            backups.log_job(database, PRUNE_JOB, now, "housekeeping", None, str(error))
             db.housekeeping.set_housekeeping_due(database, PRUNE_JOB, db.iso_utc(now + MAX_RETRY))
             log.warning("off-site prune failed: %s; trying again in an hour", error)
     return True
