@@ -8,8 +8,10 @@ from collections.abc import Mapping
 from typing import TypeVar
 
 import phonenumbers
+from babel.support import Translations
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app
+from flask_babel import get_locale
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
@@ -18,6 +20,7 @@ from itsdangerous.encoding import base64_encode
 from itsdangerous.url_safe import URLSafeSerializerMixin
 from wtforms import EmailField, HiddenField, PasswordField, SelectField, StringField, TelField, TextAreaField
 from wtforms.fields.choices import SelectChoice
+from wtforms.i18n import messages_path
 from wtforms.validators import DataRequired, Length, ValidationError
 
 from db.leads import LEAD_STATUSES
@@ -92,8 +95,19 @@ def visit_fields(args: Mapping[str, str], referrer: str | None) -> dict:
     }
 
 
+@functools.cache
+def wtforms_messages(locale: str) -> Translations:
+    """WTForms' own messages (such as "Not a valid choice.") in one language, read from disk once."""
+    return Translations.load(messages_path(), [locale], domain="wtforms")
+
+
 class LeadForm(FlaskForm):
     """Name, how to reach the visitor, and what they would like."""
+
+    class Meta:
+        def get_translations(self, form):
+            """WTForms' messages in the page's language: Flask-WTF would read the catalog again on every post."""
+            return wtforms_messages(str(get_locale()))
 
     name = StringField(
         _l("Your name"),

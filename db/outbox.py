@@ -141,7 +141,8 @@ def resend(db: Database, outbox_id: int, message_id: str, now: str) -> int | Non
         if row["status"] == "failed":
             # Taken off the failed list: its copy carries on.
             db.execute("UPDATE outbox SET status = 'resent', updated_at = ? WHERE id = ?", [now, outbox_id])
-        fields = ("lead_id", "kind", "channel", "target", "to_addr", "reply_to", "subject", "body_text", "body_html")
+        fields = ("lead_id", "kind", "channel", "target", "to_addr", "mailbox", "reply_to", "subject")
+        fields += ("body_text", "body_html")
         copy = {k: row[k] for k in fields}
         if row["channel"] == "webhook":  # the same event: its webhook-id lets the receiver drop a duplicate
             message_id = row["message_id"]
@@ -183,16 +184,16 @@ def delivery_counts_now(path: str) -> dict[str, int]:
         conn.close()
 
 
-def confirmed_addresses_since(db: Database, since: str) -> list[str]:
-    """The addresses confirmations were queued for since `since` (at most AUTOREPLY_MAX_PER_HOUR an hour)."""
-    sql = "SELECT to_addr FROM outbox WHERE kind = 'autoreply' AND created_at >= ?"
-    return [row["to_addr"] for row in db.query(sql, [since])]
+def mailbox_confirmed_since(db: Database, mailbox: str, since: str) -> bool:
+    """Whether a confirmation was queued for `mailbox` (as outbox.rows.mailbox() gives it) since `since`."""
+    sql = "SELECT 1 FROM outbox WHERE mailbox = ? AND created_at >= ? LIMIT 1"
+    return db.execute(sql, [mailbox, since]).fetchone() is not None
 
 
-def count_confirmations_since(db: Database, since: str) -> int:
-    """How many confirmations were queued since `since`."""
-    sql = "SELECT count(*) AS n FROM outbox WHERE kind = 'autoreply' AND created_at >= ?"
-    return next(db.query(sql, [since]))["n"]
+def count_confirmations_since(db: Database, since: str, up_to: int) -> int:
+    """How many confirmations were queued since `since`, counting no further than `up_to`."""
+    sql = "SELECT count(*) FROM (SELECT 1 FROM outbox WHERE kind = 'autoreply' AND created_at >= ? LIMIT ?)"
+    return db.execute(sql, [since, up_to]).fetchone()[0]
 
 
 def add_skipped_confirmation(db: Database, hour: str, forget_before: str) -> bool:

@@ -220,11 +220,11 @@ def confirmation_rows(database, lead: dict, config: dict, now: str) -> list[dict
     address = (lead.get("email") or "").strip().lower()
     if not config["AUTOREPLY"] or not address or lead.get("is_spam"):
         return []
-    moment = datetime.fromisoformat(now)
-    day = db.outbox.confirmed_addresses_since(database, db.iso_utc(moment - ONE_PER_ADDRESS))
-    if mailbox(address) in {mailbox(sent) for sent in day}:
+    moment, reaches = datetime.fromisoformat(now), mailbox(address)
+    if db.outbox.mailbox_confirmed_since(database, reaches, db.iso_utc(moment - ONE_PER_ADDRESS)):
         return []
-    if db.outbox.count_confirmations_since(database, db.iso_utc(moment - ONE_HOUR)) >= config["AUTOREPLY_MAX_PER_HOUR"]:
+    limit = config["AUTOREPLY_MAX_PER_HOUR"]
+    if db.outbox.count_confirmations_since(database, db.iso_utc(moment - ONE_HOUR), limit) >= limit:
         hour = moment.strftime("%Y-%m-%dT%H")
         if db.outbox.add_skipped_confirmation(database, hour, db.iso_utc(moment - SKIPS_KEPT)):
             log.warning(
@@ -244,7 +244,7 @@ def confirmation_rows(database, lead: dict, config: dict, now: str) -> list[dict
         lead_id=lead["id"],
         reply_to=header_safe(config["CLINIC_EMAIL"]),
     )
-    return [row]
+    return [{**row, "mailbox": reaches}]
 
 
 # Alerts and webhook events

@@ -300,6 +300,30 @@ def test_one_confirmation_a_day_per_mailbox_whatever_its_spelling(confirming, sm
     assert [m["To"] for m in confirmations(smtp)] == ["victim@gmail.com", "jane@example.com", "ja.ne@example.com"]
 
 
+def test_a_confirmation_queued_before_the_upgrade_still_counts_for_its_mailbox(confirming, smtp, tmp_path):
+    path = str(tmp_path / "leads.db")
+    earlier = db.connect(path)
+    db.migrations.clinic.ensure_migrations_table(earlier)
+    for migration in db.migrations.clinic.pending(earlier):  # the schema as it was before the mailbox column
+        if migration.name == "m017_confirmation_mailbox":
+            break
+        with earlier.atomic():
+            migration.fn(earlier)
+            earlier["_sqlite_migrations"].insert({"migration_set": "clinic", "name": migration.name, "applied_at": "x"})
+    now = db.utcnow()
+    confirmation = {"kind": "autoreply", "message_id": "<m@x>", "to_addr": "Vic.Tim+old@gmail.com", "subject": "s"}
+    confirmation.update(body_text="b", status="sent", attempts=1, next_attempt_at=now, created_at=now, updated_at=now)
+    earlier["outbox"].insert(confirmation)
+    earlier.conn.commit()
+    earlier.close()
+
+    app = create_app({**confirming, "DATABASE": path})
+    post_lead(app.test_client(), email="victim@gmail.com")
+    post_lead(app.test_client(), email="someone@gmail.com")
+    drain(app)
+    assert [m["To"] for m in confirmations(smtp)] == ["someone@gmail.com"]
+
+
 def test_past_autoreply_max_per_hour_confirmations_are_skipped_counted_and_logged_once(confirming, smtp, caplog):
     app = create_app({**confirming, "AUTOREPLY_MAX_PER_HOUR": 2})
     client = app.test_client()

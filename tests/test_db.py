@@ -59,6 +59,8 @@ APPLIED_MIGRATIONS = [
     "m013_autoreply_skips",
     "m014_offsite_backups",
     "m015_calls_and_booking_clicks",
+    "m016_lead_language",
+    "m017_confirmation_mailbox",
 ]
 
 
