@@ -102,6 +102,7 @@ def run_daily(database, config: dict, now: datetime, who: str, stop=None) -> boo
     else:
         log.info("retention purge off (LEAD_RETENTION_DAYS=0): no lead deleted")
     purge_visit_counts(database, config, now, stop)
+    db.search.trim_recent_index(database)
     return True
 
 

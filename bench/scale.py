@@ -45,6 +45,7 @@ from run import Server, fetch_forms, percentile, post_open_loop, write_results  
 
 import db  # noqa: E402
 import db.migrations  # noqa: E402
+import db.search  # noqa: E402
 
 START, END = "<!-- scale:start -->", "<!-- scale:end -->"
 FLASK = str(Path(sys.executable).with_name("flask"))
@@ -193,6 +194,8 @@ def build(path: Path, count: int, everyday: bool = False, seed: int = 13) -> Non
     conn.execute("COMMIT")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.close()
+    with db.connect(str(path)) as database:  # as the daily housekeeping of those years would have left it
+        db.search.trim_recent_index(database, batch=count)
     path.with_name(path.name + ".migrate-lock").unlink(missing_ok=True)
 
 

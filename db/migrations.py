@@ -364,3 +364,46 @@ def m017_confirmation_mailbox(db: Database) -> None:
         db.execute("UPDATE outbox SET mailbox = ? WHERE id = ?", [mailbox(row["to_addr"]), row["id"]])
     db.execute("CREATE INDEX idx_outbox_mailbox_created_at ON outbox (mailbox, created_at) WHERE mailbox IS NOT NULL")
     db.execute("DROP INDEX IF EXISTS idx_outbox_kind_to_addr_created_at")  # the check it served reads the one above
+
+
+@clinic()
+def m018_recent_search_index(db: Database) -> None:
+    """A second full-text index that holds only the newest leads (ids from search_recent.from_id on), kept in step
+    by triggers like leads_fts: a search looks for a common word among the newest there in a few milliseconds,
+    where leads_fts first merges the word's whole list (about 30 ms for a word in half of a million leads).
+    Raising from_id drops the older leads from it (db.search.trim_recent_index); it is never lowered.
+    """
+    db.execute(
+        f"""CREATE VIRTUAL TABLE leads_fts_recent USING fts5({FTS_COLUMNS}, content='',
+        tokenize='unicode61 remove_diacritics 2', prefix='2 3')"""
+    )
+    top = db.execute("SELECT coalesce(max(id), 0) FROM leads").fetchone()[0]
+    db.execute("CREATE TABLE search_recent (from_id INTEGER NOT NULL)")
+    db.execute("INSERT INTO search_recent (from_id) VALUES (?)", [max(0, top - 40_000)])
+    recent = "(SELECT from_id FROM search_recent)"
+    insert = f"INSERT INTO leads_fts_recent (rowid, {FTS_COLUMNS}) VALUES ({_fts_values('new')});"
+    columns = f"leads_fts_recent, rowid, {FTS_COLUMNS}"
+    delete = f"INSERT INTO leads_fts_recent ({columns}) VALUES ('delete', {_fts_values('old')});"
+    db.execute(
+        f"CREATE TRIGGER leads_fts_recent_insert AFTER INSERT ON leads WHEN new.id >= {recent} BEGIN {insert} END"
+    )
+    db.execute(
+        f"CREATE TRIGGER leads_fts_recent_delete AFTER DELETE ON leads WHEN old.id >= {recent} BEGIN {delete} END"
+    )
+    db.execute(
+        f"CREATE TRIGGER leads_fts_recent_update AFTER UPDATE OF id, status, {FTS_COLUMNS} ON leads"
+        f" WHEN old.id >= {recent} BEGIN {delete} {insert} END"
+    )
+    # A contentless index forgets a row only when given the values it indexed: the lead's, as the triggers made them.
+    forget = (
+        f"INSERT INTO leads_fts_recent ({columns}) SELECT 'delete', {_fts_values('leads')}"
+        " FROM leads WHERE leads.id >= old.from_id AND leads.id < new.from_id;"
+    )
+    db.execute(
+        "CREATE TRIGGER search_recent_trim AFTER UPDATE OF from_id ON search_recent"
+        f" WHEN new.from_id > old.from_id BEGIN {forget} END"
+    )
+    db.execute(
+        f"INSERT INTO leads_fts_recent (rowid, {FTS_COLUMNS}) SELECT {_fts_values('leads')} FROM leads WHERE id >= ?",
+        [max(0, top - 40_000)],
+    )

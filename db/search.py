@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 from sqlite_utils import Database
 
+from db import write
 from db.leads import LEAD_STATUSES
 
 # Each index row's rowid is the lead's id * 8 + its status's code, so a search counts its matches per
@@ -27,7 +28,7 @@ WORD_CHARACTER = re.compile(r"[^\W_]")  # a letter or digit: what FTS5's unicode
 FTS_FEW_MATCHES = 2000  # up to this many matches, fetch them all and sort; above, walk the date index instead
 FTS_MANY_MATCHES = 10_000  # above this many, a page is looked for among the newest leads first (see search_leads)
 COUNT_LIMIT = 10_000  # a search matching more leads is counted only as far as "more than COUNT_LIMIT"
-FTS_NEWEST_IDS = 40_000  # a search first fetches its matches among this many newest ids (_newest_matches)
+FTS_NEWEST_IDS = 40_000  # the recent index keeps at least this many newest ids (_newest_matches, trim_recent_index)
 
 
 def fts_query(q: str) -> str:
@@ -87,23 +88,22 @@ def _fts_matches(status: str | None) -> str:
 
 
 def _newest_matches(db: Database, fts: str) -> dict:
-    """The index rowids matching `fts` among the FTS_NEWEST_IDS newest lead ids: {"from": the lowest rowid
-    looked at, "rowids": a set, "codes": a Counter of their status codes, "counted": the counts _count_fts
-    made}; 0 as "from" means every lead.
+    """The index rowids matching `fts` among the newest leads, those the recent index holds (at least the
+    FTS_NEWEST_IDS newest ids): {"from": the lowest rowid looked at, "rowids": a set, "codes": a Counter of their
+    status codes, "counted": the counts _count_fts made}; 0 as "from" means every lead.
 
-    Each query of a prefix ("migr"*) first merges the whole list of every word it matches, which for a
-    word in half of a million leads is most of a page's time: this one query serves the page's counts
-    and the page itself, and is kept on the connection for the rest of the request while the database
-    does not change.
+    A prefix query ("migr"*) first merges the whole list of every word it matches: in leads_fts, for a word
+    in half of a million leads, that is most of a page's time; in leads_fts_recent the lists are short. This
+    one query serves the page's counts and the page itself, and is kept on the connection for the rest of the
+    request while the database does not change.
     """
     version = (db.execute("PRAGMA data_version").fetchone()[0], db.conn.total_changes, fts)
     kept = getattr(db, "kept_newest_matches", None)
     if kept and kept[0] == version:
         return kept[1]
-    top = db.execute("SELECT coalesce(max(id), 0) FROM leads").fetchone()[0]
-    lowest = max(0, top - FTS_NEWEST_IDS) * 8
-    sql = "SELECT rowid FROM leads_fts WHERE leads_fts MATCH ? AND rowid >= ?"
-    rowids = {row[0] for row in db.execute(sql, [fts, lowest])}
+    lowest = db.execute("SELECT from_id FROM search_recent").fetchone()[0] * 8
+    sql = "SELECT rowid FROM leads_fts_recent WHERE leads_fts_recent MATCH ?"
+    rowids = {row[0] for row in db.execute(sql, [fts])}
     counted = {}
     if lowest and len(rowids) <= COUNT_LIMIT:  # perhaps few in all: then one more query holds every match
         every = "SELECT rowid FROM leads_fts WHERE leads_fts MATCH ? LIMIT ?"
@@ -115,6 +115,21 @@ def _newest_matches(db: Database, fts: str) -> dict:
     found = {"from": lowest, "rowids": rowids, "codes": Counter(rowid & 7 for rowid in rowids), "counted": counted}
     db.kept_newest_matches = (version, found)
     return found
+
+
+def trim_recent_index(db: Database, batch: int = 1000) -> int:
+    """Drop the leads older than the FTS_NEWEST_IDS newest ids from the recent index, `batch` ids per short write
+    (a visitor's post waits behind one batch at most); return how many ids it moved past."""
+    moved = 0
+    while True:
+        with write(db):
+            sql = "SELECT from_id, (SELECT coalesce(max(id), 0) FROM leads) FROM search_recent"
+            start, top = db.execute(sql).fetchone()
+            end = min(top - FTS_NEWEST_IDS + 1, start + batch)
+            if end <= start:
+                return moved
+            db.execute("UPDATE search_recent SET from_id = ?", [end])  # its trigger drops the ids before `end`
+        moved += end - start
 
 
 def _status_codes(status: str | None) -> set[int]:

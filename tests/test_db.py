@@ -61,6 +61,7 @@ APPLIED_MIGRATIONS = [
     "m015_calls_and_booking_clicks",
     "m016_lead_language",
     "m017_confirmation_mailbox",
+    "m018_recent_search_index",
 ]
 
 

@@ -319,3 +319,19 @@ def test_a_lead_deleted_while_its_email_file_is_written_leaves_no_file(app, clie
     assert drain(app) == 0
     assert list((Path(app.config["DATA_DIR"]) / "mail").glob("*.eml")) == []
     assert rows(app, "SELECT * FROM outbox") == [] and rows(app, "SELECT * FROM email_attempts") == []
+
+
+def test_the_daily_run_leaves_only_the_newest_leads_in_the_recent_search_index(app, monkeypatch):
+    import db.search
+    import housekeeping
+
+    monkeypatch.setattr(db.search, "FTS_NEWEST_IDS", 5)
+    for i in range(12):
+        post_lead(app.test_client(), name=f"Visitor {i}", message="migraine since spring")
+    database = db.connect(app.config["DATABASE"])
+    recent = "SELECT count(*) FROM leads_fts_recent WHERE leads_fts_recent MATCH 'migraine'"
+    assert database.execute(recent).fetchone() == (12,)
+    assert housekeeping.run_daily(database, {**app.config, "LEAD_RETENTION_DAYS": 0}, datetime.now(UTC), "test")
+    assert database.execute(recent).fetchone() == (5,)
+    assert [r["name"] for r in db.search.search_leads(database, q="migraine")][-1] == "Visitor 0"  # all still found
+    database.close()

@@ -15,12 +15,15 @@ from app import create_app
 
 
 def add_leads(path: str, *leads: dict) -> None:
-    """Store leads straight in the database, the first one oldest."""
+    """Store leads straight in the database, the first one oldest; then trim the recent index as the daily
+    housekeeping would (to db.search.FTS_NEWEST_IDS)."""
     database = db.connect(path)
     for i, lead in enumerate(leads):
         row = {"form_id": f"f{i}", "phone": "", "email": "", "message": "", "is_spam": 0, **lead}
         with db.write(database):
             db.leads.add_lead(database, row, db.iso_utc(datetime(2026, 1, 1, 10, tzinfo=UTC) + timedelta(minutes=i)))
+    if "search_recent" in database.table_names():  # not in a database from before the recent index
+        db.search.trim_recent_index(database, batch=7)
     database.close()
 
 
@@ -274,3 +277,32 @@ def test_a_narrower_search_is_counted_exactly(app, owner, small_bound):
             db.search.count_by_status(database, q="knee", since="2026-01-01")["new"] == 26
         )  # with a date: always exact
         assert db.search.count_matches(database, "knee") == 6  # counted as far as the bound
+
+
+def test_the_recent_index_holds_exactly_the_newest_leads_through_trims_edits_and_deletes(app, monkeypatch):
+    monkeypatch.setattr(db.search, "FTS_NEWEST_IDS", 10)
+    leads = [{"name": f"Lead {i}", "message": ["migraine", "back pain", "sleep"][i % 3]} for i in range(40)]
+    add_leads(app.config["DATABASE"], *leads)  # trims to the 10 newest, 7 ids a write
+    database = db.connect(app.config["DATABASE"])
+    db.leads.set_status(database, 35, "booked", db.utcnow())  # in the recent index
+    db.leads.set_status(database, 3, "booked", db.utcnow())  # not in it any more
+    with db.write(database):
+        database.execute("UPDATE leads SET message = 'insomnia' WHERE id IN (5, 38)")
+        database.execute("DELETE FROM leads WHERE id IN (6, 36)")
+    for i in range(5):
+        later = {"form_id": f"later{i}", "name": f"Later {i}", "phone": "", "email": "", "message": "migraine"}
+        with db.write(database):
+            db.leads.add_lead(database, {**later, "is_spam": 0}, db.utcnow())
+    db.search.trim_recent_index(database, batch=3)
+    from_id = database.execute("SELECT from_id FROM search_recent").fetchone()[0]
+    assert from_id == 45 - 10 + 1  # the 10 newest ids: 36 to 45
+
+    def matches(table: str, q: str) -> list[int]:
+        sql = f"SELECT rowid FROM {table} WHERE {table} MATCH ? AND rowid >= ? ORDER BY rowid"
+        return [row[0] for row in database.execute(sql, [db.search.fts_query(q), from_id * 8])]
+
+    for q in ("migraine", "migr", "pain", "sleep", "insomnia", "lead", "later", "booked"):
+        assert matches("leads_fts_recent", q) == matches("leads_fts", q), q
+    assert database.execute("SELECT count(*) FROM leads_fts_recent WHERE rowid < ?", [from_id * 8]).fetchone() == (0,)
+    assert len(matches("leads_fts_recent", "lead")) == 4  # ids 37 to 40 (Lead 36 to 39); 36 was deleted
+    database.close()
