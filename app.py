@@ -348,14 +348,13 @@ def contact(lang: str):
         "language": lang,
     }
     now = db.utcnow()
-    database = db.get_db()
     try:
-        with db.write(database):
-            lead_id, is_new = db.leads.add_lead(database, lead, now)
-            if is_new and not reasons:
-                stored = {**lead, "id": lead_id, "created_at": now, "status": "new"}
-                for row in outbox.rows.new_lead_rows(database, stored, current_app.config, now):
-                    db.outbox.enqueue(database, row, now)
+        try:
+            lead_id, is_new = store_lead(db.get_db(), lead, not reasons, now)
+        except sqlite3.Error:
+            # A connection kept from before a fault (a full disk, a file made read-only) can stay failed after
+            # the cause is gone: once more, on a connection to the file as it is now.
+            lead_id, is_new = store_lead(db.reopen_db(), lead, not reasons, now)
     except sqlite3.Error:
         log.exception("could not store a lead")
         abort(503)
@@ -366,6 +365,17 @@ def contact(lang: str):
     if current_app.config["BOOKING_URL"]:
         session["thanks_booking"] = outbox.rows.booking_token(lead_id, current_app.config["SECRET_KEY"])
     return redirect(url_for(".thanks", lang=lang), 303)
+
+
+def store_lead(database, lead: dict, notify: bool, now: str) -> tuple[int, bool]:
+    """Store a lead and, if `notify`, queue everything it sends, in one write; return its id and whether it is new."""
+    with db.write(database):
+        lead_id, is_new = db.leads.add_lead(database, lead, now)
+        if is_new and notify:
+            stored = {**lead, "id": lead_id, "created_at": now, "status": "new"}
+            for row in outbox.rows.new_lead_rows(database, stored, current_app.config, now):
+                db.outbox.enqueue(database, row, now)
+    return lead_id, is_new
 
 
 @bp.get("/es/thanks", defaults={"lang": "es"})

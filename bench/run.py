@@ -110,15 +110,16 @@ def channel_env(port: int) -> dict:
 
 
 class Server:
-    """gunicorn with the repo's gunicorn.conf.py, serving `app` with `env`."""
+    """gunicorn with the gunicorn.conf.py of the checkout it serves from (`chdir`, else this one), serving `app`."""
 
     def __init__(self, app: str, env: dict, chdir: Path = ROOT):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile(prefix="bench-gunicorn-", suffix=".log", delete=False)
         full = {**os.environ, "PORT": str(self.port), **env}
+        conf = chdir / "gunicorn.conf.py" if (chdir / "gunicorn.conf.py").exists() else ROOT / "gunicorn.conf.py"
         self.process = subprocess.Popen(
-            [GUNICORN, "-c", str(ROOT / "gunicorn.conf.py"), "--chdir", str(chdir), app],
+            [GUNICORN, "-c", str(conf), "--chdir", str(chdir), app],
             cwd=ROOT,
             env=full,
             stdout=self.log,
@@ -270,8 +271,11 @@ async def post_open_loop(port: int, requests: list[bytes], rate: float, stop=Non
     return latencies, statuses
 
 
-def post_run(smtp_delay: float, seconds: int, rate: float, channels: bool = False, senders: bool = True) -> dict:
-    """Start a fresh site mailing an SMTP sink, post at `rate` for `seconds`; return what was measured.
+def post_run(
+    smtp_delay: float, seconds: int, rate: float, channels: bool = False, senders: bool = True, code: Path = ROOT
+) -> dict:
+    """Start a fresh site (served from the checkout `code`) mailing an SMTP sink, post at `rate` for `seconds`;
+    return what was measured.
 
     With `channels`, every alert and webhook channel is on too, sending to an HTTP sink. Without
     `senders`, the workers start no sender thread: the rows wait in the outbox, and what is measured
@@ -292,7 +296,7 @@ def post_run(smtp_delay: float, seconds: int, rate: float, channels: bool = Fals
     if not senders:
         env["OUTBOX_WORKER"] = "false"
     data_dir = tempfile.mkdtemp(prefix="bench-site-")
-    server = Server("app:create_app()", {**site_env(data_dir, smtp_port), **env})
+    server = Server("app:create_app()", {**site_env(data_dir, smtp_port), **env}, chdir=code)
     try:
         count = int(seconds * rate)
         warm = asyncio.run(fetch_forms(server.port, WARMUP))
@@ -335,7 +339,7 @@ POST_RUNS = {
 }
 
 
-def post_rounds(seconds: int, rate: float, rounds: int) -> dict[str, dict]:
+def post_rounds(seconds: int, rate: float, rounds: int, code: Path = ROOT) -> dict[str, dict]:
     """Each POST_RUNS configuration `rounds` times, interleaved (in turning order), each pooled into one result.
 
     The machine's other load comes and goes; interleaving spreads it over every configuration, and
@@ -348,7 +352,11 @@ def post_rounds(seconds: int, rate: float, rounds: int) -> dict[str, dict]:
             options = POST_RUNS[name]
             found[name].append(
                 post_run(
-                    options["smtp_delay"], seconds, rate, **{k: v for k, v in options.items() if k != "smtp_delay"}
+                    options["smtp_delay"],
+                    seconds,
+                    rate,
+                    **{k: v for k, v in options.items() if k != "smtp_delay"},
+                    code=code,
                 )
             )
     pooled = {}
@@ -373,15 +381,16 @@ def post_rounds(seconds: int, rate: float, rounds: int) -> dict[str, dict]:
     return pooled
 
 
-def get_runs(seconds: int, rounds: int, connections: int) -> dict:
-    """Alternate wrk rounds against the site and the baseline app returning the same bytes."""
+def get_runs(seconds: int, rounds: int, connections: int, code: Path = ROOT) -> dict:
+    """Alternate wrk rounds against the site (served from the checkout `code`) and the baseline app returning the
+    same bytes."""
     started = []  # stopped at the end, also when a later one fails to start
     try:
         data_dir = tempfile.mkdtemp(prefix="bench-site-")
-        site = Server("app:create_app()", site_env(data_dir, 9))
+        site = Server("app:create_app()", site_env(data_dir, 9), chdir=code)
         started.append(site)
         off_dir = tempfile.mkdtemp(prefix="bench-site-off-")
-        site_off = Server("app:create_app()", {**site_env(off_dir, 9), "ANALYTICS": "false"})
+        site_off = Server("app:create_app()", {**site_env(off_dir, 9), "ANALYTICS": "false"}, chdir=code)
         started.append(site_off)
         body = Path(data_dir) / "landing.html"
         body.write_bytes(urllib.request.urlopen(site.url + "/").read())
@@ -514,11 +523,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100, help="posts per second")
     parser.add_argument("--post-rounds", type=int, default=2, help="rounds of the POST runs, interleaved")
     parser.add_argument("--no-docs", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    parser.add_argument("--code", type=Path, default=ROOT, help="serve this checkout (say, an earlier version)")
     parser.add_argument("--no-readme", action="store_true", dest="no_docs", help=argparse.SUPPRESS)  # its old name
     args = parser.parse_args()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    get = get_runs(args.round_seconds, args.rounds, args.connections)
-    posted = post_rounds(args.seconds, args.rate, args.post_rounds)
+    get = get_runs(args.round_seconds, args.rounds, args.connections, args.code)
+    posted = post_rounds(args.seconds, args.rate, args.post_rounds, args.code)
     fast, slow, every, paused, every_paused = (posted[name] for name in POST_RUNS)
     text = table(get, fast, slow, every, paused, every_paused, args)
     cpus = os.cpu_count()
@@ -527,7 +537,7 @@ def main() -> None:
         f"same cores), gunicorn.conf.py defaults, with `make bench` "
         f"(`bench/run.py --seconds {args.seconds} --rounds {args.rounds} --round-seconds {args.round_seconds} "
         f"--post-rounds {args.post_rounds} --connections {args.connections} "
-        f"--rate {args.rate:g}`)."
+        f"--rate {args.rate:g}`)" + (f", serving the checkout {args.code}." if args.code != ROOT else ".")
     )
     print(text + "\n\n" + note)
     results = ROOT / "bench" / "results"

@@ -109,6 +109,14 @@ def get_db() -> Database:
     return g.db
 
 
+def reopen_db() -> Database:
+    """Close this thread's connection and return a new one (after a write failed on it)."""
+    g.pop("db", None)
+    g.pop("db_failed", None)
+    forget_thread_connection()
+    return get_db()
+
+
 def close_db(exc: BaseException | None = None) -> None:
     """End the request's use of the connection: roll back anything it left open, and keep it for the next."""
     database = g.pop("db", None)

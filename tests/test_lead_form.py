@@ -5,6 +5,7 @@ import sqlite3
 import pytest
 from conftest import form_fields, post_lead, rows, valid_lead
 
+import db
 from app import create_app
 
 
@@ -218,3 +219,12 @@ def test_get_contact_leads_to_the_form(client):
     response = client.get("/contact")
     assert response.status_code == 302
     assert response.headers["Location"].endswith("/#book")
+
+
+def test_a_post_on_a_connection_a_past_fault_left_read_only_is_stored_on_a_new_one(app, client):
+    path = app.config["DATABASE"]
+    # As a worker thread keeps a connection it opened while the file was read-only, after the file is writable again.
+    stale = db.Database(sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False))
+    db._thread.kept = (path, db.file_identity(path), stale)
+    assert post_lead(client, name="After the fault").status_code == 303
+    assert [lead["name"] for lead in rows(app, "SELECT name FROM leads")] == ["After the fault"]
