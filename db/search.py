@@ -117,9 +117,13 @@ def _newest_matches(db: Database, fts: str) -> dict:
     return found
 
 
-def trim_recent_index(db: Database, batch: int = 1000) -> int:
+def trim_recent_index(db: Database, batch: int = 1000, merge_pages: int = 50, merges: int = 200) -> int:
     """Drop the leads older than the FTS_NEWEST_IDS newest ids from the recent index, `batch` ids per short write
-    (a visitor's post waits behind one batch at most); return how many ids it moved past."""
+    (a visitor's post waits behind one batch at most); return how many ids it moved past.
+
+    A contentless index records each drop as one more entry until its segments are merged: so then merge them,
+    `merge_pages` pages per write, at most `merges` writes (the rest waits for the next trim).
+    """
     moved = 0
     while True:
         with write(db):
@@ -127,9 +131,19 @@ def trim_recent_index(db: Database, batch: int = 1000) -> int:
             start, top = db.execute(sql).fetchone()
             end = min(top - FTS_NEWEST_IDS + 1, start + batch)
             if end <= start:
-                return moved
+                break
             db.execute("UPDATE search_recent SET from_id = ?", [end])  # its trigger drops the ids before `end`
         moved += end - start
+    for step in range(merges if moved else 0):
+        changes = db.conn.total_changes
+        with write(db):  # a negative count first: merge every segment, however few there are
+            db.execute(
+                "INSERT INTO leads_fts_recent (leads_fts_recent, rank) VALUES ('merge', ?)",
+                [-merge_pages if step == 0 else merge_pages],
+            )
+        if db.conn.total_changes - changes <= 1:  # nothing was left to merge
+            break
+    return moved
 
 
 def _status_codes(status: str | None) -> set[int]:
