@@ -12,13 +12,14 @@ from datetime import datetime, timedelta
 from email.utils import make_msgid
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from flask import render_template
+from flask import current_app, render_template
 from flask_babel import gettext as _
 from itsdangerous import BadSignature, URLSafeSerializer
 
 import articles
 import db
 import db.outbox
+import languages
 from outbox.addresses import destinations, shown_url, target_key
 
 log = logging.getLogger("clinic.confirmation")
@@ -29,6 +30,7 @@ UTM_VALUE = re.compile(r"[A-Za-z0-9._+-]{1,64}")
 ONE_PER_ADDRESS = timedelta(days=1)
 ONE_HOUR = timedelta(hours=1)
 SKIPS_KEPT = timedelta(days=30)  # the hourly counts of skipped confirmations (Email status shows 30 days)
+BOOKING_LINK = "https://booking-link.invalid/lead"  # stands for each lead's own link in the rendered confirmation
 GMAIL = {"gmail.com", "googlemail.com"}  # one mailbox under either name; Gmail ignores dots before the @
 # What a webhook event tells about a lead.
 LEAD_FIELDS = (
@@ -212,6 +214,23 @@ def mailbox(address: str) -> str:
     return f"{local.replace('.', '')}@gmail.com" if domain in GMAIL else f"{local}@{domain}"
 
 
+def confirmation_bodies(booking: bool) -> tuple[str, str]:
+    """The confirmation's text and HTML in the page's language, its booking link (if `booking`) as BOOKING_LINK.
+
+    Nothing the visitor typed or chose goes in (not their name, their message or their campaign tags), so it is
+    the same for every lead but that link: rendered once per language and server process, outside a lead's write.
+    """
+    kept = current_app.extensions.setdefault("confirmation_bodies", {})
+    key = (languages.current(), booking)
+    if key not in kept:
+        context = {"booking": BOOKING_LINK if booking else None}
+        kept[key] = (
+            render_template("email/confirmation.txt", **context),
+            render_template("email/confirmation.html", **context),
+        )
+    return kept[key]
+
+
 def confirmation_rows(database, lead: dict, config: dict, now: str) -> list[dict]:
     """The confirmation for a new lead, in the page's language: only with AUTOREPLY, an email address, none sent to
     its mailbox within a day, and fewer than AUTOREPLY_MAX_PER_HOUR sent by the site in the last hour (call in the
@@ -232,15 +251,14 @@ def confirmation_rows(database, lead: dict, config: dict, now: str) -> list[dict
                 config["AUTOREPLY_MAX_PER_HOUR"],
             )
         return []
-    # Nothing the visitor typed or chose goes in: not their name, their message or their campaign tags.
     booking = f"{config['SITE_URL']}/book/{booking_token(lead['id'], config['SECRET_KEY'])}"
-    context = {"booking": booking if config["BOOKING_URL"] else None}
+    text, html = confirmation_bodies(bool(config["BOOKING_URL"]))
     row = outbox_row(
         "autoreply",
         header_safe(address),
         header_safe(_("We have your request: %(clinic)s", clinic=config["CLINIC_NAME"]))[:200],
-        render_template("email/confirmation.txt", **context),
-        render_template("email/confirmation.html", **context),
+        text.replace(BOOKING_LINK, booking),
+        html.replace(BOOKING_LINK, booking),
         lead_id=lead["id"],
         reply_to=header_safe(config["CLINIC_EMAIL"]),
     )

@@ -176,6 +176,15 @@ def test_the_confirmation_is_in_spanish_and_the_clinic_is_told_in_english(mail_s
     assert "en un plazo de un día laborable" in text and "949-510-6333" in text
     assert re.search(r"Reserve en línea ahora: https://clinic\.example/book/\S+", text)
     assert '<html lang="es">' in html and ">Reserve en línea</a>" in html
+    # The same server then confirms an English page's request in English, each with the link to its own lead.
+    assert post_lead(client, name="Ann English", email="ann@example.com").status_code == 303
+    assert drain(app) == 2
+    [english] = [m for m in smtp.messages if m["To"] == "ann@example.com"]
+    english_text = english.get_body(("plain",)).get_content()
+    assert "Thank you for your appointment request to Acupuncture Halls." in english_text
+    links = [re.search(r"https://clinic\.example/book/\S+", t)[0] for t in (text, english_text)]
+    booked = [client.get(link.removeprefix("https://clinic.example")).status_code for link in links]
+    assert links[0] != links[1] and booked == [303, 303]
 
 
 def test_the_owner_sees_the_spanish_page_in_the_inbox_the_lead_the_csv_and_analytics(app, owner):
