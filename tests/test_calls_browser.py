@@ -58,14 +58,15 @@ def tap_the_call_button(browser, site, path: str, **context_options) -> None:
 
 
 def analytics(owner, site, source: str) -> dict[str, str]:
-    """The analytics page's line of `source` by column, waiting until the other worker's counts are written."""
+    """The analytics page's line of `source` by column, waiting until both workers' counts are written."""
     deadline = time.monotonic() + 30  # each worker writes its counts every 5 seconds (a busy machine: longer)
     while True:
         owner.goto(site.url + "/admin/analytics")
         heads = [th.inner_text().split("\n")[0].strip() for th in owner.locator("table.sources thead th").all()]
         for row in owner.locator("table.sources tbody tr").all():
             cells = [cell.inner_text() for cell in row.locator("th, td").all()]
-            if cells[0].split()[0] == source and cells[heads.index("Calls")] != "0":
+            counted = cells[heads.index("Calls")] != "0" and cells[heads.index("Views")] != "0"
+            if cells[0].split()[0] == source and counted:  # the view and the call may be two workers' counts
                 return dict(zip(heads, cells, strict=True))
         if time.monotonic() > deadline:
             return {}
