@@ -64,10 +64,11 @@ def analytics(owner, site, source: str) -> dict[str, str]:
         owner.goto(site.url + "/admin/analytics")
         heads = [th.inner_text().split("\n")[0].strip() for th in owner.locator("table.sources thead th").all()]
         for row in owner.locator("table.sources tbody tr").all():
-            cells = [cell.inner_text() for cell in row.locator("th, td").all()]
-            counted = cells[heads.index("Calls")] != "0" and cells[heads.index("Views")] != "0"
-            if cells[0].split()[0] == source and counted:  # the view and the call may be two workers' counts
-                return dict(zip(heads, cells, strict=True))
+            line = dict(zip(heads, [cell.inner_text() for cell in row.locator("th, td").all()], strict=False))
+            if line["Source"].split()[0] != source or len(line) < len(heads):  # not it, or "No visits" yet
+                continue
+            if line["Calls"] != "0" and line["Views"] != "0":  # the view and the call may be two workers' counts
+                return line
         if time.monotonic() > deadline:
             return {}
         time.sleep(0.5)
