@@ -72,8 +72,10 @@ def outbox_row(
     channel: str = "email",
     target: str | None = None,
     message_id: str | None = None,
+    mailbox: str | None = None,
 ) -> dict:
-    """One outbox row: an email (with a fresh Message-ID) unless `channel` says otherwise."""
+    """One outbox row: an email (with a fresh Message-ID) unless `channel` says otherwise; a confirmation
+    names the `mailbox` it reaches."""
     return {
         "lead_id": lead_id,
         "kind": kind,
@@ -85,6 +87,7 @@ def outbox_row(
         "subject": subject,
         "body_text": body_text,
         "body_html": body_html,
+        "mailbox": mailbox,
     }
 
 
@@ -261,8 +264,9 @@ def confirmation_rows(database, lead: dict, config: dict, now: str) -> list[dict
         html.replace(BOOKING_LINK, booking),
         lead_id=lead["id"],
         reply_to=header_safe(config["CLINIC_EMAIL"]),
+        mailbox=reaches,
     )
-    return [{**row, "mailbox": reaches}]
+    return [row]
 
 
 # Alerts and webhook events
