@@ -28,6 +28,7 @@ import re
 import signal
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -453,8 +454,15 @@ def rounds_of(run: dict) -> str:
     return ", ".join(f"{p99:.1f}" for p99 in run["p99s"])
 
 
+def path_ratios(paused: dict, every_paused: dict) -> list[float]:
+    """Every channel's request path p99 over the email's alone, round by round (the two runs of a round are
+    close in time, so they meet the same load; one busy moment of the machine moves one round, not the median)."""
+    return [every / alone for every, alone in zip(every_paused["p99s"], paused["p99s"], strict=True)]
+
+
 def table(get: dict, fast: dict, slow: dict, every: dict, paused: dict, every_paused: dict, args) -> str:
     site, base = get["site"], get["baseline"]
+    path = path_ratios(paused, every_paused)
     rows = [
         "| measure | result | target |",
         "|---|---|---|",
@@ -495,8 +503,9 @@ def table(get: dict, fast: dict, slow: dict, every: dict, paused: dict, every_pa
         f"({paused['posts']} posts each) | p99 {paused['p99']:.1f} ms ({rounds_of(paused)}) / "
         f"**{every_paused['p99']:.1f} ms** ({rounds_of(every_paused)}); "
         f"{'all 303' if paused['all_303'] and every_paused['all_303'] else 'NOT all 303'}, "
-        f"{paused['queued']} / {every_paused['queued']} outbox rows; p99 ratio "
-        f"**{every_paused['p99'] / paused['p99']:.2f}** | ≤ 1.2 × fast |",
+        f"{paused['queued']} / {every_paused['queued']} outbox rows; p99 ratio pooled "
+        f"{every_paused['p99'] / paused['p99']:.2f}, each round ({', '.join(f'{r:.2f}' for r in path)}), "
+        f"median **{statistics.median(path):.2f}** | ≤ 1.2 × fast |",
         f"| capacity, from workers' CPU time (fast SMTP run) | **{fast['posts_per_core_s']:,.0f} posts/s per core** "
         f"({fast['cpu_s']:.2f} CPU s for {fast['posts']} posts, emails included) | |",
         f"| peak memory per worker (VmHWM) | {max(r['peak_mb'] for r in (get, fast, slow, every)):.0f} MB | |",
@@ -521,7 +530,7 @@ def main() -> None:
     parser.add_argument("--round-seconds", type=int, default=4, help="length of each wrk round")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections")
     parser.add_argument("--rate", type=float, default=100, help="posts per second")
-    parser.add_argument("--post-rounds", type=int, default=2, help="rounds of the POST runs, interleaved")
+    parser.add_argument("--post-rounds", type=int, default=3, help="rounds of the POST runs, interleaved")
     parser.add_argument("--no-docs", action="store_true", help="print only; leave docs/benchmarks.md alone")
     parser.add_argument("--code", type=Path, default=ROOT, help="serve this checkout (say, an earlier version)")
     parser.add_argument("--no-readme", action="store_true", dest="no_docs", help=argparse.SUPPRESS)  # its old name
@@ -554,7 +563,7 @@ def main() -> None:
             ("POST /calls CPU ÷ GET /", get["calls_cpu_ratio"] <= 1),
             ("POST p99", fast["p99"] < 50),
             ("slow-SMTP p99", slow["p99"] <= 1.2 * fast["p99"]),
-            ("every channel's request path p99", every_paused["p99"] <= 1.2 * paused["p99"]),
+            ("every channel's request path p99", statistics.median(path_ratios(paused, every_paused)) <= 1.2),
             ("every post answered 303 and stored", fast["all_303"] and slow["all_303"]),
             ("stored", fast["stored"] == fast["posts"] and slow["stored"] == slow["posts"]),
         ]
