@@ -81,6 +81,7 @@ def start_background(app: Flask) -> None:
 
     Only server processes send email: a `flask` command run from a shell or cron never does.
     """
+    outbox.addresses.show_all_ahead(app.config)
     for key, sender in outbox.sender.SENDERS.items():
         app.extensions[key] = outbox.sender.start(app, sender)
     app.extensions["server_lock"] = backups.hold_server_lock(app.config)  # `restore` refuses while held

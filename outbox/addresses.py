@@ -35,6 +35,12 @@ def destinations(config: dict) -> dict[str, tuple[str, str]]:
     return found
 
 
+def show_all_ahead(config: dict) -> None:
+    """Make each configured address's shown form as a server process starts, before its first lead's write."""
+    for channel, url in destinations(config).values():
+        shown_url(channel, url)
+
+
 def delivery_seconds(config: dict) -> float:
     """One delivery's whole time, answer included: WEBHOOK_TIMEOUT_SECONDS, and well below OUTBOX_STALE_SECONDS,
     so no other worker reclaims the row (and sends it twice) while this one still waits."""
@@ -49,13 +55,12 @@ def address_of(row: dict, config: dict) -> str:
     return found[1]
 
 
-@functools.cache  # Apprise loads its plugins on first use (a third of a second): once, not per request
 @functools.lru_cache(maxsize=256)
 def shown_url(channel: str, url: str) -> str:
     """The address as the owner may see it: Apprise's privacy-safe form, a webhook's origin only.
 
     Kept once made: an alert row needs it inside the lead's write, and Apprise takes 0.6 ms to parse one
-    (0.3 s for its plugins, the first time in a process).
+    (0.3 s for its plugins, the first time in a process; see show_all_ahead).
     """
     if channel == "alert":
         plugin = apprise.Apprise.instantiate(url)
