@@ -79,51 +79,51 @@ def write_failed(db: Database, error: BaseException) -> None:
 
 
 # SQLite's own wait for the write lock sleeps 1, 2, 5 ... up to 100 ms between tries, and misses
-# the moments the lock is free: with 16 server threads writing, posts waited 300-600 ms for a lock
-# held 2 ms. Our writers queue here first, so each is woken as the one before it commits.
-_writers: dict[tuple[int, str], tuple[threading.Lock, int | None]] = {}
+# the moments the lock is free. Our writers queue here first, so each is woken as the one before it commits.
+_writers: dict[tuple[int, str], threading.Lock] = {}
 _writers_guard = threading.Lock()
 
 
-def writer_locks(path: str) -> tuple[threading.Lock, int | None]:
-    """This process's turn at writing the database at `path`: a lock for its threads, and a lock file's
-    descriptor for other processes (None where the file cannot be made, e.g. a read-only directory)."""
+def threads_lock(path: str) -> threading.Lock:
+    """This process's lock on writing the database at `path`, for its threads."""
     key = (os.getpid(), path)  # a forked worker makes its own
     with _writers_guard:
-        if key not in _writers:
-            try:
-                fd = os.open(path + ".write-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            except OSError:
-                fd = None
-            _writers[key] = (threading.Lock(), fd)
-        return _writers[key]
+        return _writers.setdefault(key, threading.Lock())
 
 
 @contextlib.contextmanager
 def writers_turn(db: Database) -> Iterator[None]:
-    """Wait, at most the busy timeout, until no other thread or process of this site is writing `db`."""
+    """Wait, at most the busy timeout, until no other thread or process of this site is writing `db`.
+
+    Other processes (workers, `flask` commands) are kept out with a lock on `<database>.write-lock`; where
+    that file cannot be made (a read-only directory), SQLite's own wait is left to do it.
+    """
     path = db.conn.execute("PRAGMA database_list").fetchone()[2]
     if not path:  # an in-memory database has one connection
         yield
         return
-    threads, fd = writer_locks(path)
     deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    threads = threads_lock(path)
     if not threads.acquire(timeout=BUSY_TIMEOUT_MS / 1000):
         raise sqlite3.OperationalError("database is locked")
     try:
-        while fd is not None:  # one thread of each process waits here; the other holder's write is short
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise sqlite3.OperationalError("database is locked") from None
-                time.sleep(0.0005)
         try:
+            fd = os.open(path + ".write-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            fd = None
+        try:
+            while fd is not None:  # one thread of each process waits here; the other's write is short
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise sqlite3.OperationalError("database is locked") from None
+                    time.sleep(0.0005)
             yield
         finally:
             if fd is not None:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)  # and with it the lock
     finally:
         threads.release()
 
