@@ -93,11 +93,7 @@ def threads_lock(path: str) -> threading.Lock:
 
 @contextlib.contextmanager
 def writers_turn(db: Database) -> Iterator[None]:
-    """Wait, at most the busy timeout, until no other thread or process of this site is writing `db`.
-
-    Other processes (workers, `flask` commands) are kept out with a lock on `<database>.write-lock`; where
-    that file cannot be made (a read-only directory), SQLite's own wait is left to do it.
-    """
+    """Wait, at most the busy timeout, until no other thread or process of this site is writing `db`."""
     path = db.conn.execute("PRAGMA database_list").fetchone()[2]
     if not path:  # an in-memory database has one connection
         yield
@@ -107,25 +103,35 @@ def writers_turn(db: Database) -> Iterator[None]:
     if not threads.acquire(timeout=BUSY_TIMEOUT_MS / 1000):
         raise sqlite3.OperationalError("database is locked")
     try:
-        try:
-            fd = os.open(path + ".write-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError:
-            fd = None
-        try:
-            while fd is not None:  # one thread of each process waits here; the other's write is short
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise sqlite3.OperationalError("database is locked") from None
-                    time.sleep(0.0005)
+        with other_processes_out(path, deadline):
             yield
-        finally:
-            if fd is not None:
-                os.close(fd)  # and with it the lock
     finally:
         threads.release()
+
+
+@contextlib.contextmanager
+def other_processes_out(path: str, deadline: float) -> Iterator[None]:
+    """Hold the lock on `<database>.write-lock`, waiting until `deadline` at most; where that file cannot be
+    made (a read-only directory), SQLite's own wait is left to keep the other processes out."""
+    try:
+        fd = os.open(path + ".write-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        fd = None
+    if fd is None:
+        yield
+        return
+    try:
+        while True:  # one thread of each process waits here; the other's write is short
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise sqlite3.OperationalError("database is locked") from None
+                time.sleep(0.0005)
+        yield
+    finally:
+        os.close(fd)  # and with it the lock
 
 
 def migrate(path: str) -> None:
