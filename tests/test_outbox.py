@@ -298,15 +298,18 @@ def test_outbox_send_without_a_mail_server_refuses_to_write_files(app):
     assert len(list((Path(app.config["DATA_DIR"]) / "mail").glob("*.eml"))) == 1
 
 
-def test_the_longest_message_arrives_whole_with_no_line_over_998(mail_app, smtp):
+def test_the_longest_message_and_name_arrive_whole_with_no_line_over_998(mail_app, smtp):
     words = "Ünïcødé 漢字 😀 acupuncture, l'énergie qi — "
     message = (words * 100)[:MESSAGE_MAX]  # one line, as a textarea sends it
-    assert post_lead(mail_app.test_client(), message=message).status_code == 303
+    name = ("José Núñez 漢字 " * 10)[:100].strip()
+    assert post_lead(mail_app.test_client(), name=name, message=message).status_code == 303
     assert drain(mail_app) == 1
     # The loopback server refuses lines over 998 octets ("500 Line too long"); check ourselves too.
     raw = smtp.envelopes[0].content
     assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    assert b"\n" not in raw.replace(b"\r\n", b"") and b"\r" not in raw.replace(b"\r\n", b"")
     msg = smtp.messages[0]
+    assert msg["Subject"] == f"New appointment request: {name}"
     assert message in msg.get_body(("plain",)).get_content()
     assert message.replace("'", "&#39;") in msg.get_body(("html",)).get_content()
     assert outbox(mail_app)[0]["status"] == "sent"
