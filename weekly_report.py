@@ -50,9 +50,12 @@ def parse_week(text: str) -> date:
     """The Monday of an ISO week written YYYY-Www (2026-W48), or a click error saying what is expected."""
     try:
         year, week = text.upper().split("-W")
-        return date.fromisocalendar(int(year), int(week), 1)
+        monday = date.fromisocalendar(int(year), int(week), 1)
+        if not date.min + timedelta(days=7) <= monday <= date.max - timedelta(days=14):  # it reads the weeks around
+            raise ValueError(text)
     except ValueError:
         raise click.BadParameter(f"{text!r}: expected a week like 2026-W48") from None
+    return monday
 
 
 def last_week(now: datetime, zone: ZoneInfo) -> date:

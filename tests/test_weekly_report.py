@@ -160,6 +160,9 @@ def test_flask_report_prints_a_week_and_sends_it_on_request(reporting):
     assert rows(reporting, "SELECT id FROM outbox WHERE kind = 'weekly_report'") == []
     refused = flask(data_dir, "report", "--week", "48")
     assert refused.returncode == 2 and "expected a week like 2026-W48" in refused.stderr
+    for week in ("2026-W54", "9999-W52", "0001-W01"):  # no such week, or one whose neighbours are out of range
+        result = reporting.test_cli_runner().invoke(args=["report", "--week", week])
+        assert result.exit_code == 2 and "expected a week like 2026-W48" in result.output, (week, result.output)
     sent = flask(data_dir, "report", "--week", "2026-W47", "--send")
     assert sent.returncode == 0, sent.stderr
     assert "Queued for frontdesk@acupuncturehalls.example" in sent.stdout  # the command's own settings
