@@ -26,9 +26,9 @@ EVERY = timedelta(days=1)
 RETRY_AFTER_FAILURE = timedelta(hours=1)
 BACKUP_STALE_AFTER = timedelta(days=2)
 PURGE_BATCH = 100  # leads per transaction: a visitor's POST /contact waits for at most one batch
-# A writer waiting for the lock is retried by SQLite's busy handler after 1, 2, 5, 10, 15, 20, 25 ms...
-# A pause between batches longer than those gaps lets every waiting post in before the next batch;
-# a pause only as long as the batch could fall between two retries and starve a post for seconds.
+# Writers take turns (db.writers_turn), and nothing makes the turn go to whoever waited longest: without
+# a pause, the purge could take it again at once and keep a post waiting batch after batch. The pause
+# lets every waiting post in before the next batch.
 PAUSE_SECONDS = 0.05
 
 
