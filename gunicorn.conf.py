@@ -5,6 +5,7 @@ SQLite or the network, so threads keep a core busy while others wait. The app lo
 request itself, so gunicorn's access log stays off.
 """
 
+import contextlib
 import gc
 import os
 import signal
@@ -63,6 +64,7 @@ def post_worker_init(worker):
     if site_of(worker) is None:
         return
     start_background(worker.wsgi)
+    open_pool_connections(worker)
     # What the worker has loaded by now (the app, its modules, settings and articles) lives as long as the
     # worker: kept out of the garbage collector's full passes, which stopped every thread for up to 100 ms
     # (a run of 1,000 posts at 100 a second met one, about its 550th post; ten posts in a row waited).
@@ -76,6 +78,29 @@ def post_worker_init(worker):
         graceful_exit(signum, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def open_pool_connections(worker):
+    """Start every thread of the worker's pool now, each with its database connection, before any visitor.
+
+    The pool starts a thread when no other is free, so the threads and their connections (parsing the
+    schema) would otherwise come in the first burst of visitors, each keeping one of them waiting.
+    """
+    import sqlite3
+    import threading
+
+    import db
+
+    ready = threading.Barrier(worker.cfg.threads, timeout=10)  # every task waits, so each gets a thread
+
+    def open_connection():
+        with contextlib.suppress(sqlite3.Error), worker.wsgi.app_context():
+            db.get_db()  # kept by the thread for its requests; a database that cannot be used now is tried then
+        ready.wait()
+
+    for started in [worker.tpool.submit(open_connection) for _ in range(worker.cfg.threads)]:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            started.result()
 
 
 def worker_exit(server, worker):

@@ -1,6 +1,8 @@
 """How the site is served: security and cache headers, static files, error pages, proxies, limits, logs."""
 
+import contextlib
 import gzip
+import os
 import re
 import socket
 import sqlite3
@@ -8,6 +10,7 @@ import time
 import urllib.parse
 import urllib.request
 from http.cookiejar import CookieJar
+from pathlib import Path
 
 import pytest
 from conftest import csrf_token, form_fields, post_lead, valid_lead
@@ -445,6 +448,32 @@ def test_gunicorn_log_has_one_line_per_request_whatever_the_path(serve):
     assert expected in log
     assert not any(line.startswith(forged) for line in log.splitlines())
     assert "\x1b" not in log and "\r" not in log
+
+
+def database_connections(pid: int, database: str) -> int:
+    """How many descriptors process `pid` holds open on the file `database` (one per SQLite connection)."""
+    found = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # a descriptor closed as we look
+            found += os.readlink(fd) == database
+    return found
+
+
+def test_each_gunicorn_worker_opens_its_threads_connections_before_any_visitor(serve):
+    server = serve(threads=8)  # answered one /healthz, nothing more
+    gunicorn = server.process.pid
+    database = os.path.realpath(Path(server.data_dir) / "leads.db")
+    deadline = time.monotonic() + 15
+    while True:
+        workers = [int(pid) for pid in Path(f"/proc/{gunicorn}/task/{gunicorn}/children").read_text().split()]
+        held = [database_connections(pid, database) for pid in workers]
+        # Eight pool threads each, besides the two senders': without the warm-up, a thread and its
+        # connection would only come with a request that finds the others busy.
+        if len(held) == 2 and min(held) >= 8 + 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert len(held) == 2 and min(held) >= 8 + 2, held
+    assert urllib.request.urlopen(server.url + "/", timeout=10).status == 200
 
 
 def test_rate_counter_windows_restart_and_ended_ones_are_dropped(tmp_path):
